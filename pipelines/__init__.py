@@ -1,0 +1,1 @@
+"""Stages of the benchmark: data, training, evaluation, collection and plotting."""

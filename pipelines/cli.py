@@ -1,0 +1,237 @@
+"""`eebench`: the command-line entry point; one subcommand per workflow stage.
+
+Every stage checks its inputs (config keys, registry names, files) before any
+long computation, and prints one clear line when something is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("eebench")
+
+
+def _setup_logging(log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def _study_paths(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    from eebench.pipelines.config import load_study
+
+    study = load_study(args.study)
+    root = Path(args.results) if args.results else Path("results") / study["study"]
+    return study, root
+
+
+def _split_dir(root: Path) -> Path:
+    return root / "splits"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    from eebench.pipelines.data import prepare_dataset
+
+    print(prepare_dataset(args.name, args.root, args.download))
+
+
+def cmd_flops(args: argparse.Namespace) -> None:
+    from eebench.backbones.flops import flops_table
+    from eebench.pipelines.io import write_csv
+
+    table = flops_table(tuple(args.classes), configs=args.configs or None)
+    if args.out:
+        write_csv(args.out, table.round({"mflops": 3}))
+        print(f"wrote {len(table)} rows to {args.out}")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from eebench.pipelines.data import get_dataset_info, get_split
+
+    study, root = _study_paths(args)
+    info = get_dataset_info(args.dataset)
+    split = get_split(
+        args.dataset, _split_dir(root), seed=study["split_seed"], data_root=study["data_root"]
+    )
+    print(f"{info.name}: {len(split.train_idx)} train / {len(split.val_idx)} val indices")
+
+
+def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
+    """(resolved run config, run directory, split directory) from --study/--run or --config."""
+    from eebench.pipelines.config import RunSpec, load_run_config, resolve_run
+
+    if args.config:
+        run = load_run_config(args.config)
+        run_dir = Path(args.run_dir or Path(args.config).parent)
+        return run, run_dir, Path(args.split_dir or run_dir / "splits")
+    if not (args.study and args.run):
+        raise SystemExit("give --study CONFIG --run RUNPATH, or --config RUN.yaml")
+    study, root = _study_paths(args)
+    spec = RunSpec.from_path(args.run)
+    run = resolve_run(study, spec, results_root=root)
+    return run, root / spec.path, _split_dir(root)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from eebench.pipelines.train import train_run
+
+    run, run_dir, split_dir = _run_config(args)
+    _setup_logging(run_dir / "train.log")
+    path = train_run(run, run_dir, split_dir)
+    print(f"trained: {path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from eebench.pipelines.evaluate import evaluate_run
+
+    _, run_dir, split_dir = _run_config(args)
+    _setup_logging(run_dir / "evaluate.log")
+    evaluate_run(run_dir, split_dir, with_features=not args.no_features)
+    print(f"evaluated: {run_dir / 'outputs.npz'}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from eebench.pipelines.calibrate import calibrate_run
+
+    run, run_dir, _ = _run_config(args)
+    _setup_logging(run_dir / "calibrate.log")
+    calibrate_run(run, run_dir)
+    print(f"calibrated: {run_dir / 'outputs.npz'}")
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from eebench.pipelines.tables import build_tables
+
+    study, root = _study_paths(args)
+    for path in build_tables(study, root):
+        print(f"wrote {path}")
+
+
+def cmd_figures(args: argparse.Namespace) -> None:
+    from eebench.pipelines.figures import build_figures
+
+    study, root = _study_paths(args)
+    for path in build_figures(study, root):
+        print(f"wrote {path}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from eebench.backbones import list_models
+    from eebench.methods import CALIBRATORS, EXIT_POLICIES, TRAIN_METHODS
+    from eebench.pipelines.data import DATASETS
+    from eebench.pipelines.recipes import RECIPES
+
+    for title, names in [
+        ("datasets", DATASETS.names()),
+        ("backbones", list_models()),
+        ("train-time methods", TRAIN_METHODS.names()),
+        ("post-hoc calibrators", CALIBRATORS.names()),
+        ("exit policies", EXIT_POLICIES.names()),
+        ("recipes", RECIPES.names()),
+    ]:
+        print(f"{title}: {', '.join(names) or '(none)'}")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_study(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", help="study config, e.g. config/default.yaml")
+    parser.add_argument("--results", help="results folder (default: results/<study name>)")
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    _add_study(parser)
+    parser.add_argument(
+        "--run",
+        help="run path inside the study: runs/<dataset>/<backbone>/<method>[-<variant>]/seed<k>",
+    )
+    parser.add_argument("--config", help="a resolved run config (instead of --study/--run)")
+    parser.add_argument("--run-dir", help="with --config: the run directory (default: its folder)")
+    parser.add_argument("--split-dir", help="with --config: where split files live")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+    "data": (cmd_data, "check that a dataset is present, or download it"),
+    "flops": (cmd_flops, "per-exit cumulative MFLOPs and parameters of every backbone config"),
+    "split": (cmd_split, "write the seeded train/val split of a dataset, once"),
+    "train": (cmd_train, "train one run (resumes an interrupted run; skips a finished one)"),
+    "evaluate": (cmd_evaluate, "logits, features, anytime and budgeted curves of a trained run"),
+    "calibrate": (cmd_calibrate, "fit a post-hoc method on a trained run's val outputs"),
+    "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
+    "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
+    "list": (cmd_list, "list registered datasets, backbones, methods, policies and recipes"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eebench",
+        description="Early-exit benchmark: train and compare early-exit methods under one "
+        "protocol (anytime and budgeted-batch), and regenerate the paper's figures.",
+        epilog="The full workflow is run by Snakemake: `snakemake --profile profiles/default`.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {
+        name: sub.add_parser(name, help=text, description=text)
+        for name, (_, text) in COMMANDS.items()
+    }
+    data = parsers["data"]
+    data.add_argument("name", help="dataset name (see `eebench list`)")
+    data.add_argument("--root", default="data", help="data root (default: data)")
+    data.add_argument(
+        "--download", action="store_true", help="download it if missing (needs network)"
+    )
+    flops = parsers["flops"]
+    flops.add_argument("--out", help="CSV file to write (default: print a table)")
+    flops.add_argument(
+        "--classes", type=int, nargs="+", default=[10, 100, 1000], help="class counts"
+    )
+    flops.add_argument("--configs", nargs="+", help="only these backbone configs")
+    split = parsers["split"]
+    _add_study(split)
+    split.add_argument("--dataset", required=True)
+    for name in ("train", "evaluate", "calibrate"):
+        _add_run(parsers[name])
+    parsers["evaluate"].add_argument(
+        "--no-features", action="store_true", help="skip the per-exit features (post-hoc inputs)"
+    )
+    for name in ("tables", "figures"):
+        _add_study(parsers[name])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command not in {"train", "evaluate", "calibrate"}:
+        _setup_logging()
+    from eebench.pipelines.errors import user_errors
+
+    try:
+        COMMANDS[args.command][0](args)
+    except user_errors() as error:
+        print(f"eebench {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

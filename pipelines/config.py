@@ -1,0 +1,209 @@
+"""Study and run configurations: schema validation, defaults and the experiment matrix.
+
+A study YAML (config/*.yaml) lists datasets, backbones and method runs; it is
+expanded into `RunSpec`s (dataset × backbone × method × variant × seed), and
+each spec is resolved into a complete run config that is saved in the run
+directory. Every name is checked against the registries here, before any data
+is loaded, so a typo fails in a second with the fix in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from eebench.pipelines.recipes import RECIPES
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key and the fix."""
+
+
+@cache
+def load_schema(kind: str) -> dict[str, Any]:
+    text = resources.files("eebench.pipelines").joinpath(f"schemas/{kind}.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def validate(data: Any, kind: str, origin: str) -> None:
+    """Validate against the JSON schema; the error names the offending key path."""
+    validator = jsonschema.Draft202012Validator(load_schema(kind))
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors[:5]:
+            where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+            lines.append(f"  {where}: {error.message}")
+        raise ConfigError(f"{origin}: invalid {kind} config\n" + "\n".join(lines))
+
+
+def _fill_defaults(data: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    filled = copy.deepcopy(data)
+    for key, spec in schema.get("properties", {}).items():
+        if key not in filled and "default" in spec:
+            filled[key] = copy.deepcopy(spec["default"])
+    return filled
+
+
+def load_study(path: str | Path) -> dict[str, Any]:
+    """Read, validate and complete a study config; check every name it uses."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study config {path} does not exist (studies are in config/*.yaml)")
+    with path.open() as handle:
+        data = yaml.safe_load(handle)
+    return check_study(data, origin=str(path))
+
+
+def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
+    validate(data, "study", origin)
+    study = _fill_defaults(data, load_schema("study"))
+    for spec in expand_runs(study):
+        resolve_run(study, spec)  # raises ConfigError on any bad name or value
+    return study
+
+
+@dataclass(frozen=True, order=True)
+class RunSpec:
+    """The identity of one run: where it lives and what produced it."""
+
+    dataset: str
+    backbone: str
+    method: str
+    variant: str
+    seed: int
+
+    @property
+    def method_dir(self) -> str:
+        return f"{self.method}-{self.variant}" if self.variant else self.method
+
+    @property
+    def path(self) -> str:
+        """Run directory relative to results/<study>/ (protocol.md)."""
+        return f"runs/{self.dataset}/{self.backbone}/{self.method_dir}/seed{self.seed}"
+
+    @classmethod
+    def from_path(cls, path: str) -> RunSpec:
+        parts = Path(path).parts
+        index = parts.index("runs")
+        dataset, backbone, method_dir, seed_dir = parts[index + 1 : index + 5]
+        method, _, variant = method_dir.partition("-")
+        return cls(dataset, backbone, method, variant, int(seed_dir.removeprefix("seed")))
+
+
+def _entry_applies(entry: dict[str, Any], dataset: str, backbone: str) -> bool:
+    return dataset in entry.get("datasets", [dataset]) and backbone in entry.get(
+        "backbones", [backbone]
+    )
+
+
+def expand_runs(study: dict[str, Any]) -> list[RunSpec]:
+    """The experiment matrix, in a stable order, without duplicates."""
+    specs: list[RunSpec] = []
+    for dataset, dcfg in study["datasets"].items():
+        for backbone in dcfg["backbones"]:
+            for entry in study["runs"]:
+                if not _entry_applies(entry, dataset, backbone):
+                    continue
+                for variant in entry.get("variants", [""]):
+                    for seed in study["seeds"]:
+                        spec = RunSpec(dataset, backbone, entry["method"], variant, seed)
+                        if spec not in specs:
+                            specs.append(spec)
+    return specs
+
+
+def _run_entry(study: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    for entry in study["runs"]:
+        same = entry["method"] == spec.method and spec.variant in entry.get("variants", [""])
+        if same and _entry_applies(entry, spec.dataset, spec.backbone):
+            return entry
+    raise ConfigError(f"no entry of runs: produces {spec.path}")
+
+
+def resolve_run(
+    study: dict[str, Any], spec: RunSpec, results_root: str | Path = "."
+) -> dict[str, Any]:
+    """The complete, validated config of one run (saved as its config.yaml)."""
+    from eebench.backbones import get_model_config
+    from eebench.methods import CALIBRATORS, TRAIN_METHODS, HyperparameterError, method_kind
+    from eebench.pipelines.data import get_dataset_info
+
+    where = f"{spec.path}"
+    try:
+        info = get_dataset_info(spec.dataset)
+        get_model_config(spec.backbone)
+        kind = method_kind(spec.method)
+        cls = TRAIN_METHODS.get(spec.method) if kind == "train" else CALIBRATORS.get(spec.method)
+        variant = cls.variant(spec.variant)
+        entry = _run_entry(study, spec)
+        overrides = {**variant.get("hparams", {}), **entry.get("hparams", {})}
+        hparams = cls.resolve_hparams(info.family, overrides)
+        dcfg = study["datasets"][spec.dataset]
+        recipe_name = variant.get("recipe") or entry.get("recipe") or dcfg.get("recipe")
+        if not recipe_name:
+            raise ConfigError(
+                f"datasets/{spec.dataset}: no recipe given (known: {RECIPES.names()})"
+            )
+        recipe = RECIPES.get(recipe_name).with_overrides(
+            {**dcfg.get("recipe_overrides", {}), **entry.get("recipe_overrides", {})}
+        )
+    except (KeyError, ValueError, HyperparameterError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+    root = Path(results_root)
+    init_from = variant.get("init_from")
+    source = entry.get("source") if kind == "posthoc" else None
+    run = {
+        "study": study["study"],
+        "dataset": spec.dataset,
+        "data_root": study["data_root"],
+        "split_seed": study["split_seed"],
+        "backbone": spec.backbone,
+        "activation": variant.get("activation", "relu"),
+        "method": spec.method,
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "recipe": recipe.to_dict(),
+        "hparams": hparams,
+        "train_subset": dcfg.get("train_subset"),
+        "init_from": str(root / _sibling(spec, init_from)) if init_from else None,
+        "source": str(root / _sibling(spec, source or "standard")) if kind == "posthoc" else None,
+        "device": study["device"],
+        "num_workers": study["num_workers"],
+        "checkpoint_every_steps": study["checkpoint_every_steps"],
+        "selection": study["selection"],
+        "features_subset": study["features_subset"],
+    }
+    validate(run, "run", where)
+    return run
+
+
+def _sibling(spec: RunSpec, method_and_variant: str) -> str:
+    """The run directory of another method on the same dataset, backbone and seed."""
+    method, _, variant = method_and_variant.partition("-")
+    return RunSpec(spec.dataset, spec.backbone, method, variant, spec.seed).path
+
+
+def upstream_runs(study: dict[str, Any], spec: RunSpec) -> list[RunSpec]:
+    """Runs whose trained model this run needs (init_from or post-hoc source)."""
+    run = resolve_run(study, spec)
+    needed = [run[key] for key in ("init_from", "source") if run.get(key)]
+    return [RunSpec.from_path(path) for path in needed]
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a resolved run config (a run directory's config.yaml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"run config {path} does not exist")
+    with path.open() as handle:
+        data = yaml.safe_load(handle)
+    validate(data, "run", str(path))
+    return data

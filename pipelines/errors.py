@@ -1,0 +1,22 @@
+"""Errors that are the user's to fix: the CLI prints their message without a traceback."""
+
+from __future__ import annotations
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    from eebench.methods.base import HyperparameterError
+    from eebench.pipelines.checkpoint import CorruptCheckpointError
+    from eebench.pipelines.config import ConfigError
+    from eebench.pipelines.data import DatasetNotFoundError
+    from eebench.pipelines.registry import UnknownNameError
+    from eebench.pipelines.train import NonFiniteLossError
+
+    return (
+        ConfigError,
+        HyperparameterError,
+        UnknownNameError,
+        DatasetNotFoundError,
+        CorruptCheckpointError,
+        NonFiniteLossError,
+        FileNotFoundError,
+    )

@@ -1,0 +1,424 @@
+"""The train stage: one run = one resolved config, trained to completion or resumed.
+
+The `Trainer` implements the `StepEngine` services that methods use (optimizers
+with their per-iteration schedules, AMP, finite-loss checks, EMA) and owns the
+loop, the logs and the checkpoints. A run directory is complete when it holds
+`model.pt`; until then every start resumes from the newest good checkpoint, at
+the exact batch where the last one was taken, so an interrupted run ends with
+the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from eebench.methods.base import StepOutput, hard_labels
+from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.evaluate import collect, exit_top1
+from eebench.pipelines.io import write_csv, write_yaml
+from eebench.pipelines.recipes import Recipe, cosine, lr_at
+from eebench.pipelines.runs import build_method, make_loaders, resolve_device, run_recipe
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("method", "optimizers", "position", "history", "rng")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run stops, the last good checkpoint stays."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class OptimizerSlot:
+    """An optimizer and the pure function that gives its learning rate at a global step."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    lr_fn: Callable[[int], float]
+
+    def set_lr(self, step: int) -> float:
+        lr = self.lr_fn(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+def make_optimizer(
+    recipe: Recipe, params: list[nn.Parameter], lr: float, weight_decay: float, split_decay: bool
+) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW, as the recipe says."""
+    if split_decay:
+        groups = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    else:
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+
+
+class EpochMeter:
+    """Running loss and per-exit training accuracy of the current epoch (checkpointed)."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        state = state or {}
+        self.loss_sum = float(state.get("loss_sum", 0.0))
+        self.steps = int(state.get("steps", 0))
+        self.correct = list(state.get("correct", []))
+        self.seen = int(state.get("seen", 0))
+        self.metric_sums: dict[str, float] = dict(state.get("metric_sums", {}))
+
+    def update(self, out: StepOutput) -> None:
+        self.loss_sum += out.loss
+        self.steps += 1
+        for key, value in out.metrics.items():
+            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + float(value)
+        if out.logits is None or out.targets is None:
+            return
+        labels = hard_labels(out.targets)
+        hits = [int((z.argmax(-1) == labels).sum()) for z in out.logits]
+        self.correct = (
+            [a + b for a, b in zip(self.correct, hits, strict=True)] if self.correct else hits
+        )
+        self.seen += len(labels)
+
+    def summary(self) -> dict[str, float]:
+        result = {"train_loss": self.loss_sum / max(self.steps, 1)}
+        for k, hits in enumerate(self.correct):
+            result[f"train_top1_exit{k + 1}"] = 100.0 * hits / max(self.seen, 1)
+        for key, total in self.metric_sums.items():
+            result[key] = total / max(self.steps, 1)
+        return result
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "loss_sum": self.loss_sum,
+            "steps": self.steps,
+            "correct": self.correct,
+            "seen": self.seen,
+            "metric_sums": self.metric_sums,
+        }
+
+
+class Trainer:
+    """Trains one run directory; implements the StepEngine protocol of methods/base.py."""
+
+    def __init__(self, run: dict[str, Any], run_dir: Path, split_dir: Path) -> None:
+        self.run = run
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.recipe = run_recipe(run)
+        self.device = resolve_device(run["device"])
+        seed_everything(run["seed"])
+        self.loaders = make_loaders(run, split_dir, self.device)
+        info = self.loaders.info
+        self.steps_per_epoch = len(self.loaders.train)
+        self.method = build_method(
+            run, info.num_classes, info.family, self.steps_per_epoch, self.device
+        )
+        if self.device.type == "cuda" and self.recipe.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        if self.recipe.compile:
+            self.method.backbone.compile()
+        self.slots: dict[str, OptimizerSlot] = {}
+        params = self.method.backbone_parameters()
+        if params:
+            self._add_slot(
+                "backbone",
+                params,
+                self.recipe.lr,
+                self.recipe.weight_decay,
+                lambda step: lr_at(self.recipe, step, self.steps_per_epoch),
+            )
+        self.method.configure(self)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ema = self._build_ema()
+        self.mixup = self._build_mixup(info.num_classes)
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ building
+
+    def _add_slot(
+        self,
+        name: str,
+        params: list[nn.Parameter],
+        lr: float,
+        wd: float,
+        lr_fn: Callable[[int], float],
+    ) -> OptimizerSlot:
+        optimizer = make_optimizer(self.recipe, params, lr, wd, self.recipe.decay_matrices_only)
+        self.slots[name] = OptimizerSlot(name, optimizer, lr_fn)
+        return self.slots[name]
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.recipe.amp
+        if self.device.type != "cuda" or amp == "off":
+            return None
+        return torch.float16 if amp == "fp16" else torch.bfloat16
+
+    def _build_ema(self) -> Any:
+        if not self.recipe.ema:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.method.backbone, decay=self.recipe.ema_decay)
+
+    def _build_mixup(self, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], Any] | None:
+        recipe = self.recipe
+        if recipe.mixup > 0 or recipe.cutmix > 0:
+            from timm.data import Mixup
+
+            return Mixup(
+                mixup_alpha=recipe.mixup,
+                cutmix_alpha=recipe.cutmix,
+                label_smoothing=recipe.label_smoothing,
+                num_classes=num_classes,
+            )
+        if recipe.label_smoothing > 0:
+            smoothing = recipe.label_smoothing
+
+            def smooth(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                target = torch.full((len(y), num_classes), smoothing / num_classes, device=y.device)
+                target.scatter_(1, y[:, None], 1.0 - smoothing + smoothing / num_classes)
+                return x, target
+
+            return smooth
+        return None
+
+    # ------------------------------------------------------------------ StepEngine
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backbone_optimizer(self) -> OptimizerSlot:
+        if "backbone" not in self.slots:
+            raise RuntimeError(f"{self.run['method']}: the backbone is frozen, it has no optimizer")
+        return self.slots["backbone"]
+
+    def add_optimizer(
+        self,
+        name: str,
+        params: Iterator[nn.Parameter] | list[nn.Parameter],
+        *,
+        lr: float,
+        min_lr: float,
+        weight_decay: float,
+        warmup_epochs: float = 0.0,
+    ) -> OptimizerSlot:
+        total = self.recipe.epochs * self.steps_per_epoch
+        warmup = round(warmup_epochs * self.steps_per_epoch)
+
+        def lr_fn(step: int) -> float:
+            if step < warmup:
+                return lr * step / warmup
+            return cosine(lr, min_lr, step - warmup, total - warmup)
+
+        slot = OptimizerSlot(
+            name, make_optimizer(self.recipe, list(params), lr, weight_decay, False), lr_fn
+        )
+        self.slots[name] = slot
+        return slot
+
+    def optimize(self, loss: torch.Tensor, handle: OptimizerSlot | None = None) -> None:
+        slot = handle or self.backbone_optimizer()
+        if not torch.isfinite(loss.detach()):
+            raise NonFiniteLossError(
+                f"loss is {float(loss):.4g} at epoch {self.global_step // self.steps_per_epoch}, "
+                f"global step {self.global_step} ({slot.name} update); the last good checkpoint "
+                f"in {self.ckpt_dir} is kept; lower the learning rate or check the data"
+            )
+        self.method.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(slot.optimizer)
+        self.scaler.update()
+        if slot.name == "backbone" and self.ema is not None:
+            self.ema.update(self.method.backbone)
+
+    # ------------------------------------------------------------------ state
+
+    def _state(
+        self,
+        epoch: int,
+        batch: int,
+        history: list[dict[str, Any]],
+        meter: EpochMeter,
+        best: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            "method": self.method.state_dict(),
+            "optimizers": {name: slot.optimizer.state_dict() for name, slot in self.slots.items()},
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "rng": ckpt.rng_state(),
+            "position": {"epoch": epoch, "batch": batch, "global_step": self.global_step},
+            "history": history,
+            "meter": meter.state(),
+            "best": best,
+        }
+
+    def _restore(
+        self, state: dict[str, Any]
+    ) -> tuple[int, int, list[dict[str, Any]], EpochMeter, dict[str, Any]]:
+        self.method.load_state_dict(state["method"])
+        for name, slot in self.slots.items():
+            slot.optimizer.load_state_dict(state["optimizers"][name])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"])
+        position = state["position"]
+        self.global_step = int(position["global_step"])
+        return (
+            int(position["epoch"]),
+            int(position["batch"]),
+            list(state["history"]),
+            EpochMeter(state.get("meter")),
+            dict(state.get("best", {})),
+        )
+
+    def _checkpoint(self, *args: Any) -> None:
+        ckpt.save_checkpoint(self.ckpt_dir, self.global_step, self._state(*args))
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> Path:
+        """Train to the end (resuming if possible) and write model.pt."""
+        start_epoch, start_batch, history, meter, best = 0, 0, [], EpochMeter(), {}
+        found = ckpt.load_latest_checkpoint(self.ckpt_dir, CHECKPOINT_KEYS)
+        if found is not None:
+            path, state = found
+            start_epoch, start_batch, history, meter, best = self._restore(state)
+            log.info("resuming from %s (epoch %d, batch %d)", path.name, start_epoch, start_batch)
+        every = int(self.run.get("checkpoint_every_steps", 500))
+        for epoch in range(start_epoch, self.recipe.epochs):
+            started = time.perf_counter()
+            self._train_epoch(epoch, start_batch, meter, every, history, best)
+            start_batch = 0
+            row = {"epoch": epoch + 1, "lr": self.slots_lr(), **meter.summary()}
+            row.update(self._validate())
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            history.append(row)
+            best = self._update_best(row, best)
+            meter = EpochMeter()
+            self._checkpoint(epoch + 1, 0, history, meter, best)
+            write_csv(self.run_dir / "train_log.csv", pd.DataFrame(history))
+            log.info("epoch %d/%d %s", epoch + 1, self.recipe.epochs, _format_row(row))
+        return self._write_model(history, best)
+
+    def slots_lr(self) -> float:
+        first = next(iter(self.slots.values()))
+        return float(first.optimizer.param_groups[0]["lr"])
+
+    def _train_epoch(
+        self,
+        epoch: int,
+        start_batch: int,
+        meter: EpochMeter,
+        every: int,
+        history: list[dict[str, Any]],
+        best: dict[str, Any],
+    ) -> None:
+        loader = self.loaders.train
+        bar = tqdm(
+            total=len(loader),
+            initial=start_batch,
+            desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
+            leave=False,
+            disable=None,
+            dynamic_ncols=True,
+        )
+        for batch, (x, y) in enumerate(loader.iterate(epoch, start_batch), start=start_batch):
+            for slot in self.slots.values():
+                slot.set_lr(self.global_step)
+            if self.device.type == "cuda" and self.recipe.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target: torch.Tensor = y
+            if self.mixup is not None:
+                x, target = self.mixup(x, y)
+            out = self.method.training_step(x, target, self.global_step, self)
+            meter.update(out)
+            self.global_step += 1
+            bar.update(1)
+            bar.set_postfix(_progress(meter), refresh=False)
+            if self.global_step % every == 0 and batch + 1 < len(loader):
+                self._checkpoint(epoch, batch + 1, history, meter, best)
+        bar.close()
+
+    def _validate(self) -> dict[str, float]:
+        val = collect(self.method, self.loaders.val.iterate(0), self.device)
+        return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(exit_top1(val))}
+
+    def _update_best(self, row: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
+        """Best epoch by val top-1 of the last exit (never test); its weights go to best.pt."""
+        if self.run.get("selection", "final") != "best_val":
+            return best
+        score = row[f"val_top1_exit{self.method.ctx.num_exits}"]
+        if score > best.get("val_top1", -math.inf):
+            ckpt.save_torch(self.run_dir / "best.pt", {"method": self.method.state_dict()})
+            best = {"val_top1": score, "epoch": row["epoch"]}
+        return best
+
+    def _write_model(self, history: list[dict[str, Any]], best: dict[str, Any]) -> Path:
+        state = self.method.state_dict()
+        if best:
+            state = ckpt.load_torch(self.run_dir / "best.pt", ("method",))["method"]
+            log.info("selected epoch %d by val top-1 of the last exit", best["epoch"])
+        path = self.run_dir / "model.pt"
+        ckpt.save_torch(path, {"method": state, "selected_epoch": best.get("epoch", len(history))})
+        for old in ckpt.list_checkpoints(self.ckpt_dir):
+            old.unlink()
+        return path
+
+
+def _progress(meter: EpochMeter) -> dict[str, str]:
+    summary = meter.summary()
+    shown = {"loss": f"{summary['train_loss']:.3f}"}
+    accs = [v for k, v in summary.items() if k.startswith("train_top1_exit")]
+    if accs:
+        shown["acc"] = "/".join(f"{a:.0f}" for a in accs)
+    return shown
+
+
+def _format_row(row: dict[str, Any]) -> str:
+    val = [f"{v:.1f}" for k, v in row.items() if k.startswith("val_top1_exit")]
+    return (
+        f"loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
+        f"val top-1 per exit {'/'.join(val)} ({row['seconds']:.0f}s)"
+    )
+
+
+def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path) -> Path:
+    """Train (or resume, or skip when finished) one run directory."""
+    run_dir = Path(run_dir)
+    model_path = run_dir / "model.pt"
+    if model_path.is_file():
+        log.info("%s is complete (model.pt exists); nothing to train", run_dir)
+        return model_path
+    write_yaml(run_dir / "config.yaml", run)
+    return Trainer(run, run_dir, split_dir).fit()

@@ -1,0 +1,430 @@
+"""Tests of `joint_bilevel`: the exit distribution, the two steps, the schedule, variants, e2e."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eebench.methods import TRAIN_METHODS, HyperparameterError, TrainContext
+from eebench.methods.base import per_sample_cross_entropy
+from eebench.methods.joint_bilevel import (
+    EPS,
+    ExitGater,
+    JointBilevel,
+    exit_distribution,
+    gater_features,
+    phi_loss,
+    theta_loss,
+)
+
+NUM_CLASSES = 3
+Build = Callable[..., tuple[JointBilevel, Any]]
+
+
+@pytest.fixture
+def build(engine_cls: type, tiny_conv_cls: type) -> Build:
+    """A configured method on a given (default: tiny conv) backbone, and its engine double."""
+
+    def make(
+        backbone: nn.Module | None = None,
+        mflops: tuple[float, ...] = (1.0, 2.0, 4.0),
+        engine_lr: float = 0.1,
+        **overrides: Any,
+    ) -> tuple[JointBilevel, Any]:
+        backbone = backbone if backbone is not None else tiny_conv_cls(NUM_CLASSES)
+        ctx = TrainContext(
+            num_classes=NUM_CLASSES,
+            exit_mflops=np.asarray(mflops),
+            family="cifar",
+            steps_per_epoch=10,
+            epochs=1,
+        )
+        hparams = {"hidden": 16, **overrides}
+        method = JointBilevel(backbone, JointBilevel.resolve_hparams("cifar", hparams), ctx)
+        engine = engine_cls(method, lr=engine_lr)
+        method.configure(engine)
+        return method, engine
+
+    return make
+
+
+def batch(n: int = 8, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, 1, 8, 8)
+    y = torch.randint(0, NUM_CLASSES, (n,))
+    if not soft:
+        return x, y
+    one_hot = F.one_hot(y, NUM_CLASSES).float()
+    return x, 0.7 * one_hot + 0.3 * one_hot.roll(1, dims=0)  # Mixup-like soft targets
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- exit distribution
+
+
+def test_exit_distribution_rows_sum_to_one() -> None:
+    P = torch.rand(50, 6, dtype=torch.float64)
+    for T in (0.25, 0.5, 1.0, 2.0):
+        A = exit_distribution(P, T)
+        assert A.shape == (50, 7)
+        torch.testing.assert_close(A.sum(dim=1), torch.ones(50, dtype=torch.float64))
+
+
+def eq5_with_eps(P: list[float], T: float) -> list[float]:
+    """Eq. 5 with eps in both factors, raised to 1/T and normalised (Eq. 9), by hand."""
+    unnorm = []
+    reach = 1.0
+    for p in P:
+        unnorm.append(((p + EPS) * reach) ** (1 / T))
+        reach *= 1 - p + EPS
+    unnorm.append(reach ** (1 / T))
+    total = sum(unnorm)
+    return [u / total for u in unnorm]
+
+
+@pytest.mark.parametrize(
+    "P",
+    [[0.5, 0.5], [0.2, 0.7], [1e-7, 0.3], [1 - 1e-7, 0.4], [0.3, 1 - 1e-7], [0.0, 1.0]],
+)
+@pytest.mark.parametrize("T", [0.5, 1.0])
+def test_exit_distribution_matches_closed_form(P: list[float], T: float) -> None:
+    A = exit_distribution(torch.tensor([P], dtype=torch.float64), T)[0]
+    torch.testing.assert_close(A, torch.tensor(eq5_with_eps(P, T), dtype=torch.float64))
+
+
+def test_exit_distribution_hand_values() -> None:
+    # P=(0.5, 0.5), T=1: Pr = (0.5, 0.25, 0.25) up to eps; T=0.5 squares then renormalises.
+    A1 = exit_distribution(torch.tensor([[0.5, 0.5]], dtype=torch.float64), 1.0)[0]
+    torch.testing.assert_close(A1, torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64), atol=2e-5, rtol=0)
+    A05 = exit_distribution(torch.tensor([[0.5, 0.5]], dtype=torch.float64), 0.5)[0]
+    expected = torch.tensor([0.25, 0.0625, 0.0625], dtype=torch.float64) / 0.375
+    torch.testing.assert_close(A05, expected, atol=5e-5, rtol=0)
+    # P_1 = 1 exactly: everything at exit 1 except eps-sized leaks.
+    A = exit_distribution(torch.tensor([[1.0, 0.0]], dtype=torch.float64), 1.0)[0]
+    assert A[0] > 1 - 2e-5 and A[1] < 1e-9 and abs(A[2] - EPS) < 1e-9
+
+
+def test_exit_distribution_temperature_one_is_eq5() -> None:
+    P = torch.tensor([[0.1, 0.6, 0.3], [0.9, 0.2, 0.5]], dtype=torch.float64)
+    pr = torch.stack(
+        [
+            P[:, 0],
+            P[:, 1] * (1 - P[:, 0]),
+            P[:, 2] * (1 - P[:, 0]) * (1 - P[:, 1]),
+            (1 - P[:, 0]) * (1 - P[:, 1]) * (1 - P[:, 2]),
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(exit_distribution(P, 1.0), pr, atol=1e-4, rtol=0)
+
+
+def test_exit_distribution_finite_at_zero_and_one() -> None:
+    P = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    A = exit_distribution(P, 0.5)
+    weights = torch.arange(1.0, 5.0)  # a loss that depends on every entry of A
+    (A * weights).sum().backward()
+    assert torch.isfinite(A).all()
+    assert torch.isfinite(P.grad).all()
+    assert P.grad.abs().sum() > 0
+
+
+def test_losses_by_hand() -> None:
+    ce = torch.tensor([[1.0, 0.5], [2.0, 0.0]])
+    A = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    costs = torch.tensor([0.5, 1.0])
+    # sample 1: 1.25*(1+1) + 1.75*(0.5+2); sample 2: 2*(2+1) + 1*(0+2)
+    assert theta_loss(ce, A, costs, 2.0).item() == pytest.approx((6.875 + 8.0) / 2)
+    # sample 1: 0.25*2 + 0.75*2.5; sample 2: 1*3 + 0
+    assert phi_loss(ce, A, costs, 2.0).item() == pytest.approx((2.375 + 3.0) / 2)
+
+
+# --------------------------------------------------------------------------- gater features
+
+
+def test_gater_feature_values() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(6.0), math.log(3.0), 0.0, -50.0]])
+    s = gater_features(logits, ("confidence", "margin", "entropy"))
+    p = torch.tensor([0.6, 0.3, 0.1])
+    entropy = -(p * p.log()).sum()
+    torch.testing.assert_close(s[0], torch.tensor([0.25, 0.0, math.log(4.0)]))
+    torch.testing.assert_close(s[1], torch.stack([p[0], p[0] - p[1], entropy]), atol=1e-5, rtol=0)
+
+
+def test_gater_features_canonical_order() -> None:
+    logits = torch.randn(5, 4)
+    torch.testing.assert_close(
+        gater_features(logits, ("entropy", "confidence")),
+        gater_features(logits, ("confidence", "entropy")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("features", "width"),
+    [(["margin"], 1), (["entropy", "confidence"], 2), (["confidence", "margin", "entropy"], 3)],
+)
+def test_feature_subsets_set_input_width(build: Build, features: list[str], width: int) -> None:
+    method, _ = build(features=features)
+    assert [mlp[0].in_features for mlp in method.gater.mlps] == [width, width]
+    P = method.gater(method.backbone(torch.randn(4, 1, 8, 8)))
+    assert P.shape == (4, 2) and ((P > 0) & (P < 1)).all()
+
+
+@pytest.mark.parametrize("features", [["confidence", "variance"], [], ["margin", "margin"]])
+def test_bad_feature_names_are_rejected(build: Build, features: list[str]) -> None:
+    with pytest.raises(HyperparameterError, match="confidence, margin, entropy"):
+        build(features=features)
+
+
+def test_gater_architecture() -> None:
+    gater = ExitGater(num_exits=4, features=("confidence",), hidden=7, num_layers=3)
+    assert len(gater.mlps) == 3
+    mlp = gater.mlps[0]
+    assert [type(m).__name__ for m in mlp] == [
+        "Linear", "GELU", "Linear", "GELU", "Linear", "GELU", "Linear", "Sigmoid"
+    ]
+    assert mlp[-2].out_features == 1
+
+
+# --------------------------------------------------------------------------- hyperparameters
+
+
+def test_registered() -> None:
+    assert TRAIN_METHODS.get("joint_bilevel") is JointBilevel
+    assert JointBilevel.has_exit_score
+
+
+def test_family_resolution() -> None:
+    paper = JointBilevel.resolve_hparams("cifar")
+    assert paper["features"] == ["confidence", "entropy"] and paper["phi_interval"] == 10
+    assert (paper["hidden"], paper["lam"], paper["temperature"]) == (500, 2.0, 0.5)
+    assert (paper["phi_lr"], paper["phi_min_lr"]) == (1e-3, 1e-5)
+    assert JointBilevel.resolve_hparams("fmnist") == paper
+    imagenet = JointBilevel.resolve_hparams("imagenet")
+    assert imagenet["features"] == ["confidence", "margin", "entropy"]
+    assert imagenet["phi_interval"] == 100
+
+
+def test_unknown_and_mistyped_hparams() -> None:
+    with pytest.raises(HyperparameterError, match="unknown hyperparameter 'lambda'"):
+        JointBilevel.resolve_hparams("cifar", {"lambda": 1.0})
+    with pytest.raises(HyperparameterError, match="'phi_interval' must be int"):
+        JointBilevel.resolve_hparams("cifar", {"phi_interval": 2.5})
+
+
+def test_variants() -> None:
+    subsets = {
+        "confidence", "margin", "entropy", "confidence+margin", "confidence+entropy",
+        "margin+entropy", "confidence+margin+entropy",
+    }
+    assert subsets | {"frozen", "released_code", "lam=0.5", "lam=1", "lam=4", "T=0.25", "T=1"} == set(
+        JointBilevel.variants
+    )
+    for name in subsets:
+        assert "+".join(JointBilevel.variant(name)["hparams"]["features"]) == name
+    assert JointBilevel.variant("frozen")["init_from"] == "standard"
+    released = JointBilevel.variant("released_code")
+    assert released["recipe"] == "released_code" and released["activation"] == "gelu"
+    for name in JointBilevel.variants:  # every variant's overrides are valid hyperparameters
+        for family in ("cifar", "imagenet"):
+            JointBilevel.resolve_hparams(family, JointBilevel.variant(name).get("hparams"))
+    hp = JointBilevel.resolve_hparams("imagenet", released["hparams"])
+    assert (hp["features"], hp["hidden"], hp["lam"], hp["phi_interval"]) == (
+        ["confidence", "margin"], 100, 0.1, 10
+    )
+
+
+# --------------------------------------------------------------------------- the two steps
+
+
+def test_theta_step_moves_theta_not_phi(build: Build) -> None:
+    method, engine = build()
+    theta, phi = snapshot(method.backbone), snapshot(method.gater)
+    method.theta_step(*batch(), engine)
+    assert not same(theta, snapshot(method.backbone))
+    assert same(phi, snapshot(method.gater))
+    assert engine.steps == {"backbone": 1}
+
+
+def test_phi_step_moves_phi_not_theta(build: Build) -> None:
+    method, engine = build()
+    seen: list[torch.Tensor] = []
+    method.backbone.register_forward_hook(lambda _m, _i, out: seen.extend(out))
+    grads: dict[str, Any] = {}
+    engine.on_backward = lambda _h: grads.update(
+        {n: p.grad for n, p in method.backbone.named_parameters()}
+    )
+    theta, phi = snapshot(method.backbone), snapshot(method.gater)  # incl. BN running stats
+    method.phi_step(*batch(), engine)
+    assert same(theta, snapshot(method.backbone))
+    assert not same(phi, snapshot(method.gater))
+    assert all(not z.requires_grad and z.grad_fn is None for z in seen)  # logits are constants
+    assert all(g is None for g in grads.values())
+    assert method.backbone.training  # train mode restored for the next θ-step
+    assert engine.steps == {"gater": 1}
+
+
+def test_theta_gradient_flows_through_A(build: Build) -> None:
+    method, engine = build()
+    x, y = batch()
+    backbone, gater = copy.deepcopy(method.backbone), copy.deepcopy(method.gater)
+
+    def reference_grads(detach_A: bool) -> list[torch.Tensor]:
+        backbone.zero_grad()
+        logits = backbone(x)
+        ce = torch.stack([F.cross_entropy(z, y, reduction="none") for z in logits], dim=1)
+        A = exit_distribution(gater(logits), method.hp["temperature"])
+        A = A.detach() if detach_A else A
+        theta_loss(ce, A, method.costs, method.hp["lam"]).backward()
+        return [p.grad.clone() for p in backbone.parameters()]
+
+    got: list[torch.Tensor] = []
+    engine.on_backward = lambda _h: got.extend(p.grad.clone() for p in method.backbone.parameters())
+    method.theta_step(x, y, engine)
+    full, detached = reference_grads(False), reference_grads(True)
+    for g, f in zip(got, full):
+        torch.testing.assert_close(g, f)
+    assert any(not torch.allclose(f, d) for f, d in zip(full, detached))
+
+
+def test_phi_schedule_over_an_epoch(build: Build) -> None:
+    method, engine = build(phi_interval=10)
+    for step in range(25):
+        method.training_step(*batch(6), step, engine)
+    assert engine.steps == {"backbone": 50, "gater": 6}  # φ at steps 0, 10, 20, two halves each
+
+
+def test_order_halves_and_modes_within_a_batch(build: Build) -> None:
+    method, engine = build(phi_interval=3)
+    calls: list[tuple[torch.Tensor, bool]] = []
+    method.backbone.register_forward_hook(lambda m, i, _o: calls.append((i[0], m.training)))
+    x, y = batch(5)
+    method.training_step(x, y, 3, engine)
+    h1, h2 = x[:3], x[3:]  # the first half gets the extra sample
+    expected = [(h1, True), (h2, False), (h2, True), (h1, False)]
+    assert len(calls) == 4
+    for (got_x, got_mode), (want_x, want_mode) in zip(calls, expected):
+        assert torch.equal(got_x, want_x) and got_mode == want_mode
+    calls.clear()
+    method.training_step(x, y, 4, engine)  # not a φ step
+    assert [(c[0].shape[0], c[1]) for c in calls] == [(3, True), (2, True)]
+
+
+# --------------------------------------------------------------------------- training behaviour
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_hard_and_soft_targets_train(build: Build, soft: bool) -> None:
+    method, engine = build(phi_interval=2, engine_lr=0.2)
+    x, y = batch(16, soft=soft)
+    outputs = [method.training_step(x, y, step, engine) for step in range(40)]
+    losses = [out.loss for out in outputs]
+    ce = [sum(per_sample_cross_entropy(z, y).mean() for z in out.logits) for out in outputs]
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5  # the floor λΣĉ_k is not reachable
+    floor = 3 * float(torch.special.entr(y).sum(dim=1).mean()) if soft else 0.0  # target entropy
+    assert np.mean(ce[-5:]) - floor < 0.5 * (np.mean(ce[:5]) - floor)
+
+
+@pytest.mark.parametrize("n", [5, 1])
+def test_odd_and_single_sample_batches(build: Build, n: int) -> None:
+    method, engine = build()
+    x, y = batch(n)
+    out = method.training_step(x, y, 0, engine)
+    assert engine.steps == {"backbone": 2, "gater": 2}  # one sample serves as both halves
+    assert len(out.logits) == 3 and all(z.shape == (n, NUM_CLASSES) for z in out.logits)
+    assert torch.equal(out.targets, y)
+    shares = [out.metrics[f"A_exit{k}"] for k in (1, 2, 3)]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
+    assert 0.25 <= out.metrics["expected_cost"] <= 1.0
+    assert math.isfinite(out.loss)
+
+
+def test_step_output_logits_are_the_full_batch_in_order(build: Build) -> None:
+    method, engine = build()
+    x, y = batch(6)
+    method.eval()  # compare against an eval forward: make the θ-steps change nothing
+    engine.backbone_optimizer().optimizer.param_groups[0]["lr"] = 0.0
+    out = method.training_step(x, y, 1, engine)
+    method.backbone.train()
+    with torch.no_grad():
+        expected = method.backbone(x[:3])[0], method.backbone(x[3:])[0]
+    assert not out.logits[0].requires_grad
+    torch.testing.assert_close(out.logits[0], torch.cat(expected))
+
+
+def test_frozen_variant_trains_only_the_gater(build: Build) -> None:
+    method, engine = build(frozen_backbone=True)
+    assert method.backbone_parameters() == []
+    method.train()
+    assert not method.backbone.training and method.gater.training
+    theta, phi = snapshot(method.backbone), snapshot(method.gater)
+    for step in range(5):
+        method.training_step(*batch(8), step, engine)
+    assert same(theta, snapshot(method.backbone))  # weights and BN running stats, bit-identical
+    assert not same(phi, snapshot(method.gater))
+    assert engine.steps == {"gater": 10}  # both halves, every step, interval ignored
+    assert not method.backbone.training
+
+
+def test_exit_scores(build: Build) -> None:
+    method, _ = build()
+    with torch.no_grad():
+        logits = method.backbone(torch.randn(7, 1, 8, 8))
+    scores = method.exit_scores(logits, [])
+    assert scores.shape == (3, 7)
+    torch.testing.assert_close(scores[:2], method.gater(logits).detach().T)
+    assert torch.equal(scores[2], torch.ones(7))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def easy_hard_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Easy half: label in the sign of pixel 0 (a linear exit gets it); hard half: XOR of
+    pixels 1, 2 (only the deeper MLP exit gets it), pixel 0 carries no signal."""
+    y = torch.randint(0, 2, (n,), generator=generator)
+    easy = torch.arange(n) % 2 == 0
+    x = 0.3 * torch.randn(n, 64, generator=generator)
+    u = torch.randn(n, 2, generator=generator)
+    xor = (u[:, 0] * u[:, 1] > 0).long()
+    y = torch.where(easy, y, xor)
+    x[:, 1:3] = u
+    x[:, 0] = torch.where(easy, 3.0 * (2 * y - 1).float(), torch.zeros(n))
+    return x.view(n, 1, 8, 8), y, easy
+
+
+def test_end_to_end_gater_sends_easy_samples_early(build: Build, linear_mlp_cls: type) -> None:
+    generator = torch.Generator().manual_seed(0)
+    method, engine = build(
+        backbone=linear_mlp_cls(num_classes=2),
+        mflops=(3.0, 10.0),
+        lam=0.5,
+        phi_interval=1,
+        phi_lr=0.05,
+        hidden=32,
+    )
+    x, y, _ = easy_hard_data(1024, generator)
+    for step in range(300):
+        idx = torch.randint(0, len(y), (64,), generator=generator)
+        method.training_step(x[idx], y[idx], step, engine)
+    x_test, y_test, easy = easy_hard_data(1024, generator)
+    method.eval()
+    with torch.no_grad():
+        logits = method.backbone(x_test)
+        P1 = method.exit_scores(logits, [])[0]
+    assert P1[easy].mean() > P1[~easy].mean() + 0.4
+    assert (logits[0].argmax(1) == y_test)[easy].float().mean() > 0.95  # sanity: exit 1 learned
