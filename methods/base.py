@@ -188,7 +188,7 @@ class TrainMethod(HasHparams, nn.Module):
         self.hp = hparams
         self.ctx = ctx
 
-    def configure(self, engine: StepEngine) -> None:  # noqa: B027 - optional hook
+    def configure(self, engine: StepEngine) -> None:
         """Called once after the engine is built: create extra optimizers here."""
 
     def backbone_parameters(self) -> list[nn.Parameter]:

@@ -1,4 +1,4 @@
-"""`joint_bilevel`: the seed paper's method (Addad et al. 2024, "Ours"), backbone and gater co-trained.
+"""`joint_bilevel`: the seed paper's method (Addad et al. 2024): backbone and gater co-trained.
 
 A gater (one MLP per non-final exit, reading confidence features of that exit's logits)
 gives P_k, the probability of exiting at k; Eq. 5 turns P into Pr(k|x) and Eq. 9
@@ -126,7 +126,10 @@ class ExitGater(nn.Module):
         """P (B×(K−1)) in (0, 1) from the K exits' logits (the last exit's are not read)."""
         if len(logits) != self.num_exits:
             raise ValueError(f"gater built for {self.num_exits} exits, got {len(logits)} logits")
-        columns = [mlp(gater_features(z, self.features)) for mlp, z in zip(self.mlps, logits)]
+        columns = [
+            mlp(gater_features(z, self.features))
+            for mlp, z in zip(self.mlps, logits[:-1], strict=True)
+        ]
         return torch.cat(columns, dim=1)
 
 
@@ -149,6 +152,12 @@ def _halves(x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, t
 
 @register_train_method
 class JointBilevel(TrainMethod):
+    """Backbone θ and gater φ trained by alternation; the gater's P_k is the run's exit score.
+
+    The reported loss is the mean θ loss of the two halves (the φ loss when frozen);
+    metrics `A_exit{k}` and `expected_cost` show where the gater would send samples.
+    """
+
     name: ClassVar[str] = "joint_bilevel"
     has_exit_score: ClassVar[bool] = True
     hparams: ClassVar[dict[str, Any]] = {
@@ -296,7 +305,7 @@ class JointBilevel(TrainMethod):
     def _report(self, halves: list[HalfStep], target: torch.Tensor) -> StepOutput:
         """Batch-level output; `[:batch]` drops the duplicate when one sample was both halves."""
         batch = target.shape[0]
-        logits = [torch.cat(zs)[:batch] for zs in zip(*(h.logits for h in halves))]
+        logits = [torch.cat(zs)[:batch] for zs in zip(*(h.logits for h in halves), strict=True)]
         A = torch.cat([h.A for h in halves])[:batch]
         metrics = {f"A_exit{k + 1}": float(a) for k, a in enumerate(A.mean(dim=0))}
         metrics["expected_cost"] = float((A * self.costs).sum(dim=1).mean())

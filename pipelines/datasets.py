@@ -178,15 +178,12 @@ def _locate_fmnist(root: Path, download: bool) -> Path:
             return root / "FashionMNIST" / "raw"
     raise _not_found(
         "fashion_mnist",
-        [
-            f"{folder} (files {', '.join(FMNIST_FILES)}, raw or .gz)"
-            for folder in _fmnist_dirs(root)
-        ],
+        [str(folder) for folder in _fmnist_dirs(root)],
         [
             "apt-get install dataset-fashion-mnist   (Debian; installs the original gz files)",
             f"eebench data fashion_mnist --download --root {root}   (torchvision, needs network)",
         ],
-        note,
+        f"Each place must hold {', '.join(FMNIST_FILES)} (raw idx or .gz). {note}".rstrip(),
     )
 
 
@@ -246,6 +243,7 @@ _CIFAR_LAYOUT = {
 def _locate_cifar(name: str, root: Path, download: bool) -> Path:
     folder_name, train_files, test_files, _ = _CIFAR_LAYOUT[name]
     folder = root / folder_name
+    archive = "cifar-10-python.tar.gz" if name == "cifar10" else "cifar-100-python.tar.gz"
 
     def complete() -> bool:
         return all((folder / f).is_file() for f in train_files + test_files)
@@ -265,8 +263,7 @@ def _locate_cifar(name: str, root: Path, download: bool) -> Path:
         [f"{folder} (files {', '.join(train_files + test_files)})"],
         [
             f"eebench data {name} --download --root {root}   (torchvision, needs network)",
-            f"or extract torchvision's {folder_name.replace('-batches', '')}.tar.gz "
-            f"({folder_name}/ folder) into {root}",
+            f"or extract {archive} (the {folder_name}/ folder) into {root}",
         ],
         note,
     )
@@ -315,8 +312,8 @@ def _locate_imagenet(root: Path, download: bool) -> Path:
         [
             "register at image-net.org, download ILSVRC2012 train and val, and lay them out as",
             f"  {folder}/train/<wnid>/*.JPEG   (1000 class folders, 1,281,167 images)",
-            f"  {folder}/val/<wnid>/*.JPEG     (the 50,000 val images sorted into the same",
-            "                                   class folders, e.g. with the usual valprep.sh)",
+            f"  {folder}/val/<wnid>/*.JPEG     (the 50,000 val images in the same class",
+            "  folders, e.g. sorted with the usual valprep.sh script)",
         ],
         note,
     )

@@ -22,8 +22,12 @@ class TinyConvExits(nn.Module):
         self.stages = nn.ModuleList(
             [
                 nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()),
-                nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU()),
-                nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+                nn.Sequential(
+                    nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.BatchNorm2d(6), nn.ReLU()
+                ),
+                nn.Sequential(
+                    nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()
+                ),
             ]
         )
         self.heads = nn.ModuleList(
@@ -33,7 +37,7 @@ class TinyConvExits(nn.Module):
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> list[torch.Tensor]:
         logits = []
-        for stage, head in zip(self.stages, self.heads):
+        for stage, head in zip(self.stages, self.heads, strict=True):
             x = stage(x)
             logits.append(head(x))
         return logits

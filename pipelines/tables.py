@@ -1,0 +1,353 @@
+"""Study tables: every run's curves gathered into tidy CSVs, Table 1 and the paper comparison.
+
+`build_tables` reads the per-run `anytime.csv`, `budgeted.csv` and `config.yaml` of
+every run that `expand_runs` lists and writes, under `<study dir>/tables/`:
+
+- `anytime.csv`, `budgeted.csv`, `table1.csv`: tidy, one row per seed, with exactly
+  the columns of protocol.md;
+- `anytime_summary.csv`, `budgeted_summary.csv`, `table1_summary.csv`: mean, std and
+  number of seeds per point (std is empty with one seed);
+- `runs.csv`: one row per run with what the captions need (features, epochs,
+  train subset, number of exits, cost of the last exit);
+- `paper_comparison.csv`: each row of the paper's reported numbers beside ours.
+
+"Top-1 at a budget B" is read from a run's budgeted curve (policy max_softmax) by
+linear interpolation in cost between the two neighbouring points, NaN outside the
+curve's cost range (`protocol.accuracy_at_budget`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from eebench.methods.joint_bilevel import FEATURES
+from eebench.pipelines.config import RunSpec, expand_runs, load_run_config
+from eebench.pipelines.io import write_csv
+from eebench.pipelines.protocol import accuracy_at_budget
+
+log = logging.getLogger(__name__)
+
+RUN_KEYS = ["dataset", "backbone", "method", "variant", "seed"]
+#: The tidy columns of protocol.md, in order.
+COLUMNS: dict[str, list[str]] = {
+    "anytime": [*RUN_KEYS, "exit", "mflops", "top1"],
+    "budgeted": [*RUN_KEYS[:4], "policy", "seed", "p", "q", "mflops", "top1", "exit_fractions"],
+    "table1": ["dataset", "backbone", "features", "seed", "budget_mflops", "top1"],
+}
+RUN_INDEX_COLUMNS = [*RUN_KEYS, "features", "epochs", "train_subset", "exits", "last_mflops"]
+COMPARISON_COLUMNS = [
+    *["dataset", "figure", "method", "backbone", "mode", "quantity", "budget_mflops"],
+    *["paper_top1", "source", "ours_backbone", "ours_mflops", "ours_top1", "ours_top1_std"],
+    *["ours_seeds", "difference", "note"],
+]
+#: Every file `build_tables` writes under tables/ (the Snakefile declares them as outputs).
+TABLE_FILES: tuple[str, ...] = (
+    "anytime.csv",
+    "budgeted.csv",
+    "table1.csv",
+    "paper_comparison.csv",
+    "runs.csv",
+    "anytime_summary.csv",
+    "budgeted_summary.csv",
+    "table1_summary.csv",
+)
+
+#: Datasets the paper reports on; any other dataset is a stand-in.
+PAPER_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet")
+#: Exit policy of Table 1 and of the budgeted paper comparison (the paper's protocol).
+REFERENCE_POLICY = "max_softmax"
+#: Table 1 budgets, as fractions of the last exit's cost, when a dataset gives none.
+DEFAULT_BUDGET_FRACTIONS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
+TABLE1_METHOD = "joint_bilevel"
+TABLE1_FAMILY = "msdnet"
+
+
+@cache
+def _paper_reported_text() -> str:
+    return resources.files("eebench.pipelines").joinpath("reference/paper_reported.csv").read_text()
+
+
+def paper_reported() -> pd.DataFrame:
+    """The paper's reported numbers (a copy of shared/reference/paper_reported.csv, shipped
+    as package data so that installed copies have it; source: Addad et al. 2024, §4)."""
+    return pd.read_csv(StringIO(_paper_reported_text()))
+
+
+def backbone_family(backbone: str) -> str:
+    """'msdnet_imagenet_step7' -> 'msdnet': the paper names backbones by family only."""
+    return backbone.split("_", 1)[0]
+
+
+def is_feature_subset(variant: str) -> bool:
+    """Whether a joint_bilevel variant is one of Table 1's gater feature subsets."""
+    return bool(variant) and set(variant.split("+")) <= set(FEATURES)
+
+
+def is_table1_run(spec: RunSpec) -> bool:
+    """joint_bilevel MSDNet runs that differ only in their gater features (not frozen,
+    released_code or a λ/T sweep); the default variant counts with its own features."""
+    return (
+        spec.method == TABLE1_METHOD
+        and backbone_family(spec.backbone) == TABLE1_FAMILY
+        and (spec.variant == "" or is_feature_subset(spec.variant))
+    )
+
+
+def features_label(features: Sequence[str] | None) -> str:
+    """The '+'-joined gater features in canonical order, '' for methods without them."""
+    if not features:
+        return ""
+    return "+".join(f for f in FEATURES if f in features)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class StudyResults:
+    """Every run's curves of a study, concatenated, and one row per run (`runs`)."""
+
+    anytime: pd.DataFrame
+    budgeted: pd.DataFrame
+    runs: pd.DataFrame
+
+
+#: Text columns whose empty cells mean '' (e.g. the default variant), not a missing value.
+TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Any CSV of this module, with empty text cells read back as ''."""
+    frame = pd.read_csv(path)
+    for column in TEXT_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].fillna("").astype(str)
+    return frame
+
+
+def read_tidy(path: str | Path, kind: str) -> pd.DataFrame:
+    """A tidy CSV that must have exactly the protocol columns of `kind`."""
+    frame = read_table(path)
+    if list(frame.columns) != COLUMNS[kind]:
+        raise ValueError(f"{path}: columns {list(frame.columns)} != protocol's {COLUMNS[kind]}")
+    return frame
+
+
+def _run_files(results_root: Path, spec: RunSpec) -> dict[str, Path]:
+    run_dir = results_root / spec.path
+    return {
+        "anytime": run_dir / "anytime.csv",
+        "budgeted": run_dir / "budgeted.csv",
+        "config": run_dir / "config.yaml",
+    }
+
+
+def _run_index_row(spec: RunSpec, config: dict[str, Any], anytime: pd.DataFrame) -> dict:
+    return {
+        **{key: getattr(spec, key) for key in RUN_KEYS},
+        "features": features_label(config["hparams"].get("features")),
+        "epochs": config["recipe"]["epochs"],
+        "train_subset": config.get("train_subset"),
+        "exits": int(anytime["exit"].max()),
+        "last_mflops": float(anytime["mflops"].max()),
+    }
+
+
+def load_results(
+    study: dict[str, Any], results_root: str | Path, allow_missing: bool = False
+) -> StudyResults:
+    """Read every run of the study; missing runs are an error unless `allow_missing`."""
+    root = Path(results_root)
+    anytime, budgeted, index, missing = [], [], [], []
+    for spec in expand_runs(study):
+        files = _run_files(root, spec)
+        absent = [str(path) for path in files.values() if not path.is_file()]
+        if absent:
+            missing += absent
+            continue
+        run_anytime = read_tidy(files["anytime"], "anytime")
+        anytime.append(run_anytime)
+        budgeted.append(read_tidy(files["budgeted"], "budgeted"))
+        index.append(_run_index_row(spec, load_run_config(files["config"]), run_anytime))
+    if missing:
+        message = f"{len(missing)} run files missing, e.g. {', '.join(missing[:3])}"
+        if not allow_missing:
+            raise FileNotFoundError(message + " (run the workflow first)")
+        log.warning("%s; tables use the runs that are there", message)
+    return StudyResults(
+        anytime=_concat(anytime, COLUMNS["anytime"]),
+        budgeted=_concat(budgeted, COLUMNS["budgeted"]),
+        runs=pd.DataFrame(index, columns=RUN_INDEX_COLUMNS),
+    )
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summarise(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of each value column per key, and `n_seeds` (non-NaN top1)."""
+    grouped = frame.groupby(keys, sort=False, dropna=False)
+    stats = grouped[values].agg(["mean", "std"])
+    stats.columns = [f"{value}_{stat}" for value, stat in stats.columns]
+    stats["n_seeds"] = grouped["top1"].count()
+    return stats.reset_index()
+
+
+def table1_budgets(dataset_config: dict[str, Any], last_mflops: float) -> np.ndarray:
+    """The dataset's `budgets_mflops`, else `budget_fractions` × the last exit's cost."""
+    if dataset_config.get("budgets_mflops"):
+        return np.asarray(dataset_config["budgets_mflops"], dtype=np.float64)
+    fractions = dataset_config.get("budget_fractions") or DEFAULT_BUDGET_FRACTIONS
+    return np.round(np.asarray(fractions, dtype=np.float64) * last_mflops, 6)
+
+
+def _curve(budgeted: pd.DataFrame, run: pd.Series, policy: str = REFERENCE_POLICY) -> pd.DataFrame:
+    """One run's budgeted curve under one exit policy."""
+    mask = budgeted["policy"] == policy
+    for key in RUN_KEYS:
+        mask &= budgeted[key] == run[key]
+    return budgeted[mask]
+
+
+def build_table1(study: dict[str, Any], results: StudyResults) -> pd.DataFrame:
+    """Top-1 at the dataset's budgets of every Table 1 run, one row per seed and budget."""
+    rows = []
+    seen: set[tuple[str, str, str, int]] = set()
+    for _, run in results.runs.iterrows():
+        spec = RunSpec(*(run[key] for key in RUN_KEYS))
+        key = (run["dataset"], run["backbone"], run["features"], run["seed"])
+        if not is_table1_run(spec):
+            continue
+        if key in seen:
+            log.warning("table 1: %s duplicates features %s; kept the first", spec.path, key[2])
+            continue
+        seen.add(key)
+        budgets = table1_budgets(study["datasets"][run["dataset"]], run["last_mflops"])
+        curve = _curve(results.budgeted, run)
+        top1 = accuracy_at_budget(curve["mflops"].to_numpy(), curve["top1"].to_numpy(), budgets)
+        rows += [(*key[:3], key[3], b, t) for b, t in zip(budgets, top1, strict=True)]
+    return pd.DataFrame(rows, columns=COLUMNS["table1"])
+
+
+# --------------------------------------------------------------------------- paper comparison
+
+
+def _paper_method(name: str) -> tuple[str, str | None]:
+    """'joint_bilevel[confidence+entropy]' -> ('joint_bilevel', 'confidence+entropy')."""
+    method, _, features = name.partition("[")
+    return method, features.rstrip("]") or None
+
+
+def _matching_runs(runs: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
+    """Our runs for a paper row: same dataset, method, backbone family, features/variant."""
+    method, features = _paper_method(row["method"])
+    mask = (runs["dataset"] == row["dataset"]) & (runs["method"] == method)
+    mask &= runs["backbone"].map(backbone_family) == row["backbone"]
+    if features is None:
+        return runs[mask & (runs["variant"] == "")]
+    table1 = runs.apply(lambda r: is_table1_run(RunSpec(*(r[k] for k in RUN_KEYS))), axis=1)
+    return runs[mask & table1 & (runs["features"] == features_label(features.split("+")))]
+
+
+def _ours_at(row: pd.Series, run: pd.Series, results: StudyResults) -> tuple[float, float, str]:
+    """(our cost, our top-1, how it was read) for one paper row and one of our runs."""
+    budget = float(row["budget_mflops"])
+    if row["mode"] == "anytime":
+        mask = np.ones(len(results.anytime), dtype=bool)
+        for key in RUN_KEYS:
+            mask &= results.anytime[key] == run[key]
+        exits = results.anytime[mask]
+        if row["quantity"] == "top1_last_exit":
+            point, how = exits.loc[exits["exit"].idxmax()], "last exit"
+        else:
+            point, how = exits.loc[(exits["mflops"] - budget).abs().idxmin()], "nearest exit"
+        return point["mflops"], point["top1"], f"{how} (exit {int(point['exit'])}, anytime)"
+    curve = _curve(results.budgeted, run)
+    if row["quantity"] == "budget_at_peak_top1":
+        peak = curve.loc[curve["top1"].idxmax()]
+        return peak["mflops"], peak["top1"], "our peak top-1 and its cost (paper: cost only)"
+    top1 = accuracy_at_budget(curve["mflops"].to_numpy(), curve["top1"].to_numpy(), [budget])[0]
+    how = "budget outside our curve's cost range" if np.isnan(top1) else "interpolated"
+    return budget, top1, f"{how} (budgeted, {REFERENCE_POLICY})"
+
+
+def _comparison_rows(row: pd.Series, results: StudyResults) -> list[dict[str, Any]]:
+    paper = {**row.drop("top1").to_dict(), "paper_top1": row["top1"]}
+    if row["dataset"] not in set(results.runs["dataset"]):
+        return [{**paper, "note": "no matching dataset in this study"}]
+    runs = _matching_runs(results.runs, row)
+    if runs.empty:
+        return [{**paper, "note": f"no {row['method']} run on {row['backbone']} in this study"}]
+    rows = []
+    for backbone, group in runs.groupby("backbone", sort=False):
+        read = [_ours_at(row, run, results) for _, run in group.iterrows()]
+        cost, top1 = (np.array([r[i] for r in read], dtype=np.float64) for i in (0, 1))
+        ours = top1.mean() if np.isfinite(top1).all() else np.nan
+        rows.append(
+            {
+                **paper,
+                "ours_backbone": backbone,
+                "ours_mflops": cost.mean(),
+                "ours_top1": ours,
+                "ours_top1_std": top1.std(ddof=1) if len(top1) > 1 else np.nan,
+                "ours_seeds": len(top1),
+                "difference": ours - row["top1"],
+                "note": read[0][2],
+            }
+        )
+    return rows
+
+
+def build_paper_comparison(results: StudyResults) -> pd.DataFrame:
+    """Each paper-reported number beside ours (mean over seeds), or a note why there is none."""
+    rows = [r for _, row in paper_reported().iterrows() for r in _comparison_rows(row, results)]
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_tables(
+    study: dict[str, Any], results_root: str | Path, allow_missing: bool = False
+) -> list[Path]:
+    """Write every table of TABLE_FILES under `results_root`/tables and return their paths.
+
+    `results_root` is the study's folder `results/<study>/` that holds `runs/`.
+    """
+    results = load_results(study, results_root, allow_missing)
+    table1 = build_table1(study, results)
+    run_keys = RUN_KEYS[:4]
+    frames = {
+        "anytime.csv": results.anytime,
+        "budgeted.csv": results.budgeted,
+        "table1.csv": table1,
+        "paper_comparison.csv": build_paper_comparison(results),
+        "runs.csv": results.runs,
+        "anytime_summary.csv": summarise(results.anytime, [*run_keys, "exit"], ["mflops", "top1"]),
+        "budgeted_summary.csv": summarise(
+            results.budgeted, [*run_keys, "policy", "p", "q"], ["mflops", "top1"]
+        ),
+        "table1_summary.csv": summarise(
+            table1, ["dataset", "backbone", "features", "budget_mflops"], ["top1"]
+        ),
+    }
+    out = Path(results_root) / "tables"
+    paths = []
+    for name in TABLE_FILES:
+        write_csv(out / name, frames[name])
+        paths.append(out / name)
+    return paths

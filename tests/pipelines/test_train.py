@@ -1,0 +1,199 @@
+"""The training engine: protocol files, resume after SIGKILL, corruption, NaN, selection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from eebench.methods import TRAIN_METHODS
+from eebench.methods.standard import Standard
+from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.evaluate import evaluate_run
+from eebench.pipelines.io import write_yaml
+from eebench.pipelines.recipes import RECIPES
+from eebench.pipelines.train import NonFiniteLossError, train_run
+
+SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
+
+
+def make_run(**overrides: Any) -> dict[str, Any]:
+    recipe = RECIPES.get("fmnist").with_overrides(
+        {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, **overrides.pop("recipe", {})}
+    )
+    run = {
+        "study": "test",
+        "dataset": "synthetic",
+        "data_root": "data",
+        "split_seed": 0,
+        "backbone": "msdnet_fmnist",
+        "activation": "relu",
+        "method": "standard",
+        "variant": "",
+        "seed": 0,
+        "recipe": recipe.to_dict(),
+        "hparams": {},
+        "train_subset": None,
+        "init_from": None,
+        "source": None,
+        "device": "cpu",
+        "num_workers": 0,
+        "checkpoint_every_steps": 3,
+        "selection": "final",
+        "features_subset": 64,
+        "synthetic": dict(SYNTHETIC),
+    }
+    run.update(overrides)
+    return run
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train_run(make_run(), run_dir, run_dir.parent / "splits")
+    return run_dir
+
+
+def test_training_writes_model_log_and_config(trained: Path) -> None:
+    log = pd.read_csv(trained / "train_log.csv")
+    assert list(log["epoch"]) == [1, 2]
+    assert {"train_loss", "lr", "val_top1_exit1", "val_top1_exit4", "seconds"} <= set(log.columns)
+    assert (trained / "config.yaml").is_file()
+    assert not ckpt.list_checkpoints(trained / "checkpoints"), "checkpoints are removed when done"
+
+
+def test_evaluate_writes_protocol_keys(trained: Path) -> None:
+    evaluate_run(trained, trained.parent / "splits")
+    with np.load(trained / "outputs.npz") as out:
+        assert out["val_logits"].shape == (4, 64, 4) and out["val_logits"].dtype == np.float32
+        assert out["test_logits"].shape == (4, 96, 4)
+        assert out["test_labels"].dtype == np.int64 and out["val_labels"].shape == (64,)
+        assert np.all(np.diff(out["flops"]) > 0) and out["flops"].shape == (4,)
+        assert "val_scores" not in out.files  # standard has no exit score of its own
+    with np.load(trained / "features.npz") as feats:
+        assert feats["val_features_0"].shape == (64, 128)
+        assert feats["train_features_3"].shape[0] == 64
+    anytime = pd.read_csv(trained / "anytime.csv")
+    assert list(anytime.columns) == [
+        "dataset", "backbone", "method", "variant", "seed", "exit", "mflops", "top1",
+    ]  # fmt: skip
+    budgeted = pd.read_csv(trained / "budgeted.csv")
+    assert list(budgeted.columns) == [
+        "dataset", "backbone", "method", "variant", "policy", "seed", "p", "q", "mflops",
+        "top1", "exit_fractions",
+    ]  # fmt: skip
+    assert len(budgeted) == 39 and set(budgeted["policy"]) == {"max_softmax"}
+
+
+def test_finished_run_is_not_retrained(trained: Path) -> None:
+    before = (trained / "model.pt").stat().st_mtime_ns
+    train_run(make_run(), trained, trained.parent / "splits")
+    assert (trained / "model.pt").stat().st_mtime_ns == before
+
+
+def _train_subprocess(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "eebench.pipelines.cli", "train", "--config", str(config)]
+    cmd += ["--run-dir", str(run_dir), "--split-dir", str(run_dir.parent / "splits")]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_after_first_checkpoint(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not ckpt.list_checkpoints(run_dir / "checkpoints"):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("corrupt_newest", [False, True])
+def test_sigkill_mid_epoch_then_resume_gives_identical_run(
+    tmp_path: Path, trained: Path, corrupt_newest: bool
+) -> None:
+    """Killed after its first mid-epoch checkpoint, the run resumes to the same weights."""
+    run = make_run(recipe={"epochs": 3})
+    reference = tmp_path / "reference"
+    train_run(run, reference, tmp_path / "splits")
+    killed = tmp_path / "killed"
+    write_yaml(tmp_path / "killed.yaml", run)
+    _kill_after_first_checkpoint(_train_subprocess(tmp_path / "killed.yaml", killed), killed)
+    assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
+    left = ckpt.list_checkpoints(killed / "checkpoints")
+    position = ckpt.load_torch(left[-1], ckpt_keys())["position"]
+    assert position["batch"] > 0, "the first checkpoint is taken in the middle of an epoch"
+    if corrupt_newest:
+        if len(left) < 2:  # make a second, damaged checkpoint newer than the good one
+            left[0].with_name("ckpt_999999999.pt").write_bytes(left[0].read_bytes()[:100])
+        else:
+            left[0].write_bytes(left[0].read_bytes()[:100])
+    proc = _train_subprocess(tmp_path / "killed.yaml", killed)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr.decode()
+    if corrupt_newest:
+        assert "corrupted or truncated" in stderr.decode()
+    assert_same_weights(reference, killed)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(reference / "train_log.csv").drop(columns="seconds"),
+        pd.read_csv(killed / "train_log.csv").drop(columns="seconds"),
+    )
+
+
+def ckpt_keys() -> tuple[str, ...]:
+    from eebench.pipelines.train import CHECKPOINT_KEYS
+
+    return CHECKPOINT_KEYS
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Exploding(Standard):
+        def training_step(self, x, target, step, engine):  # type: ignore[no-untyped-def]
+            return super().training_step(x * (np.nan if step == 4 else 1.0), target, step, engine)
+
+    monkeypatch.setitem(TRAIN_METHODS._entries, "standard", Exploding)
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="global step 4"):
+        train_run(make_run(), run_dir, tmp_path / "splits")
+    assert not (run_dir / "model.pt").exists()
+    assert ckpt.list_checkpoints(run_dir / "checkpoints"), "the last good checkpoint is kept"
+
+
+def test_best_val_selection_keeps_the_best_epoch(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train_run(make_run(selection="best_val"), run_dir, tmp_path / "splits")
+    log = pd.read_csv(run_dir / "train_log.csv")
+    selected = ckpt.load_torch(run_dir / "model.pt", ("method",))["selected_epoch"]
+    assert selected == int(log.loc[log["val_top1_exit4"].idxmax(), "epoch"])
+    best = ckpt.load_torch(run_dir / "best.pt", ("method",))["method"]
+    assert all(torch.equal(best[k], v) for k, v in weights(run_dir).items())
+
+
+def test_soft_targets_from_mixup_and_label_smoothing_train(tmp_path: Path) -> None:
+    recipe = {"epochs": 1, "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}
+    run_dir = tmp_path / "run"
+    train_run(make_run(recipe=recipe), run_dir, tmp_path / "splits")
+    assert np.isfinite(pd.read_csv(run_dir / "train_log.csv")["train_loss"]).all()
