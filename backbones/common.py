@@ -298,8 +298,16 @@ class MultiExitNet(nn.Module):
 
     @staticmethod
     def select_state(state: State, index: Tensor) -> State:
-        """Keep only the samples in `index` (a LongTensor of rows or a bool mask)."""
-        return [t[index] for t in state]
+        """Keep only the samples in `index` (a LongTensor of rows or a bool mask).
+
+        A tensor listed twice in the state (RANet: a block's output is also its last
+        export) is indexed once and stays shared.
+        """
+        selected: dict[int, Tensor] = {}
+        for t in state:
+            if id(t) not in selected:
+                selected[id(t)] = t[index]
+        return [selected[id(t)] for t in state]
 
     def forward(
         self, x: Tensor, return_features: bool = False

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from fvcore.nn import FlopCountAnalysis, parameter_count
-from fvcore.nn.jit_handles import get_shape, linear_flop_jit
+
+with warnings.catch_warnings():  # fvcore scripts a helper at import; torch deprecates that
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, parameter_count
+    from fvcore.nn.jit_handles import get_shape, linear_flop_jit
 
 from eebench.backbones.common import MultiExitNet
 from eebench.backbones.factory import create_model, list_models
@@ -105,7 +109,7 @@ def exit_costs(model: MultiExitNet) -> list[tuple[float, int]]:
     return costs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def registered_exit_costs(config_name: str, num_classes: int) -> tuple[tuple[float, int], ...]:
     """`exit_costs` of a registered config, counted once per process."""
     return tuple(exit_costs(create_model(config_name, num_classes)))

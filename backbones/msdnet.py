@@ -8,6 +8,7 @@ followed by a 1×1 transition that halves the base width.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import torch
@@ -49,8 +50,11 @@ class MSDNetConfig(BackboneConfig):
 
     def layers_per_block(self) -> list[int]:
         """Block 1 has `base` layers, later ones `step` (even) or step·(b-1)+1 (lin_grow)."""
-        grow = self.step_mode == "lin_grow"
-        return [self.base] + [self.step * b + 1 if grow else self.step for b in range(1, self.n_blocks)]
+        if self.step_mode == "lin_grow":
+            later = [self.step * b + 1 for b in range(1, self.n_blocks)]
+        else:
+            later = [self.step] * (self.n_blocks - 1)
+        return [self.base, *later]
 
     def _validate(self) -> None:
         super()._validate()
@@ -161,7 +165,7 @@ class MSDNet(MultiExitNet):
     def _build_stem(cfg: MSDNetConfig, act: str) -> PyramidStem:
         widths = [cfg.n_channels * f for f in cfg.gr_factor]
         layers = [make_stem_layer(cfg.stem, cfg.in_channels, widths[0], act)]
-        layers += [ConvBNAct(a, b, 3, 2, act) for a, b in zip(widths, widths[1:], strict=False)]
+        layers += [ConvBNAct(a, b, 3, 2, act) for a, b in itertools.pairwise(widths)]
         return PyramidStem(layers, reverse=False)
 
     @staticmethod
@@ -192,8 +196,15 @@ class MSDNet(MultiExitNet):
 def msdnet_cifar() -> MSDNetConfig:
     """Seed paper CIFAR model: 7 exits after layers 1, 3, 6, 10, 15, 21, 28."""
     return MSDNetConfig(
-        name="msdnet_cifar", n_blocks=7, step_mode="lin_grow", step=1, base=1,
-        n_channels=16, growth_rate=6, gr_factor=(1, 2, 4), bn_factor=(1, 2, 4),
+        name="msdnet_cifar",
+        n_blocks=7,
+        step_mode="lin_grow",
+        step=1,
+        base=1,
+        n_channels=16,
+        growth_rate=6,
+        gr_factor=(1, 2, 4),
+        bn_factor=(1, 2, 4),
     )
 
 
@@ -201,17 +212,32 @@ def msdnet_cifar() -> MSDNetConfig:
 def msdnet_cifar_anytime() -> MSDNetConfig:
     """MSDNet paper's CIFAR anytime recipe: 7 exits every 2 layers after layer 4."""
     return MSDNetConfig(
-        name="msdnet_cifar_anytime", n_blocks=7, step_mode="even", step=2, base=4,
-        n_channels=16, growth_rate=6, gr_factor=(1, 2, 4), bn_factor=(1, 2, 4),
+        name="msdnet_cifar_anytime",
+        n_blocks=7,
+        step_mode="even",
+        step=2,
+        base=4,
+        n_channels=16,
+        growth_rate=6,
+        gr_factor=(1, 2, 4),
+        bn_factor=(1, 2, 4),
     )
 
 
 def _imagenet_config(name: str, step: int) -> MSDNetConfig:
     """The two ImageNet configs differ only in layers per block (and so in depth)."""
     return MSDNetConfig(
-        name=name, n_blocks=5, step_mode="even", step=step, base=step,
-        n_channels=32, growth_rate=16, gr_factor=(1, 2, 4, 4), bn_factor=(1, 2, 4, 4),
-        stem="imagenet", image_size=224,
+        name=name,
+        n_blocks=5,
+        step_mode="even",
+        step=step,
+        base=step,
+        n_channels=32,
+        growth_rate=16,
+        gr_factor=(1, 2, 4, 4),
+        bn_factor=(1, 2, 4, 4),
+        stem="imagenet",
+        image_size=224,
     )
 
 
@@ -231,7 +257,15 @@ def msdnet_imagenet_step7() -> MSDNetConfig:
 def msdnet_fmnist() -> MSDNetConfig:
     """Tiny Fashion-MNIST default: 4 exits after layers 1, 3, 5, 7 on 1×28×28."""
     return MSDNetConfig(
-        name="msdnet_fmnist", n_blocks=4, step_mode="even", step=2, base=1,
-        n_channels=8, growth_rate=4, gr_factor=(1, 2, 4), bn_factor=(1, 2, 4),
-        in_channels=1, image_size=28,
+        name="msdnet_fmnist",
+        n_blocks=4,
+        step_mode="even",
+        step=2,
+        base=1,
+        n_channels=8,
+        growth_rate=4,
+        gr_factor=(1, 2, 4),
+        bn_factor=(1, 2, 4),
+        in_channels=1,
+        image_size=28,
     )

@@ -12,6 +12,7 @@ if a later flow fuses them), stem maps of flows not started yet].
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +99,7 @@ class RANetConfig(BackboneConfig):
             self.fail("scale_list", "needs one level per flow", "give it len(gr_factor) entries")
         if self.scale_list[0] != 1:
             self.fail("scale_list", "flow 0 must be at the lowest level", "start it with 1")
-        for f, (a, b) in enumerate(zip(self.scale_list, self.scale_list[1:], strict=False), 1):
+        for f, (a, b) in enumerate(itertools.pairwise(self.scale_list), 1):
             if b - a not in (0, 1) or b > f + 1:
                 self.fail(
                     "scale_list",
@@ -129,7 +130,8 @@ class PlainBlock(nn.Module):
         self.layers = nn.ModuleList(
             DenseLayer(width + i * g, g, cfg.bn_factor[flow], act) for i in range(step)
         )
-        self.transition, self.out_channels = _transition(width + step * g, transition, cfg.reduction, act)
+        merged = width + step * g
+        self.transition, self.out_channels = _transition(merged, transition, cfg.reduction, act)
         self.out_level = level
         self.exports: list[Export] = [(width + i * g, level) for i in range(step + 1)]
 
@@ -191,7 +193,9 @@ class FusionBlock(nn.Module):
         for i, (e_width, e_level) in enumerate(fused[:step]):
             strided = down and i == step - 1
             a_level = self.out_level if strided else level
-            own = Bottleneck(width + i * g, g - cross_growth, cfg.bn_factor[flow], 1 + strided, act)
+            own = Bottleneck(
+                width + i * g, g - cross_growth, cfg.bn_factor[flow], 2 if strided else 1, act
+            )
             cross = Bottleneck(e_width, cross_growth, cfg.bn_factor[flow - 1], 1, act)
             layers.append(
                 FusionLayer(own, cross, resize_x=strided, resize_cross=e_level != a_level)
@@ -300,9 +304,15 @@ class RANet(MultiExitNet):
             for j in range(1, n_blocks + 1):
                 if j <= len(prev_exports):
                     block: PlainBlock | FusionBlock = FusionBlock(
-                        cfg, f, width, level, prev_exports[j - 1],
-                        down=j in downs, transition=j in transitions, act=act,
-                    )  # fmt: skip
+                        cfg,
+                        f,
+                        width,
+                        level,
+                        prev_exports[j - 1],
+                        down=j in downs,
+                        transition=j in transitions,
+                        act=act,
+                    )
                 else:
                     block = PlainBlock(cfg, f, width, level, j in transitions, act)
                 blocks.append(block)
@@ -329,26 +339,49 @@ class RANet(MultiExitNet):
 def ranet_cifar() -> RANetConfig:
     """Seed paper Model-C-3 (RANet repo's train_cifar.sh): 4 flows, 8 exits."""
     return RANetConfig(
-        name="ranet_cifar", n_blocks=2, block_step=2, step=4, scale_list=(1, 2, 3, 3),
-        gr_factor=(4, 2, 1, 1), bn_factor=(4, 2, 1, 1), n_channels=16, growth_rate=6,
-    )  # fmt: skip
+        name="ranet_cifar",
+        n_blocks=2,
+        block_step=2,
+        step=4,
+        scale_list=(1, 2, 3, 3),
+        gr_factor=(4, 2, 1, 1),
+        bn_factor=(4, 2, 1, 1),
+        n_channels=16,
+        growth_rate=6,
+    )
 
 
 @register_model
 def ranet_imagenet() -> RANetConfig:
     """Seed paper Model-I-2: 4 flows at 7/14/28/56, 8 exits."""
     return RANetConfig(
-        name="ranet_imagenet", n_blocks=2, block_step=2, step=8, scale_list=(1, 2, 3, 4),
-        gr_factor=(4, 2, 2, 1), bn_factor=(4, 2, 2, 1), n_channels=64, growth_rate=16,
-        stem="imagenet", image_size=224,
-    )  # fmt: skip
+        name="ranet_imagenet",
+        n_blocks=2,
+        block_step=2,
+        step=8,
+        scale_list=(1, 2, 3, 4),
+        gr_factor=(4, 2, 2, 1),
+        bn_factor=(4, 2, 2, 1),
+        n_channels=64,
+        growth_rate=16,
+        stem="imagenet",
+        image_size=224,
+    )
 
 
 @register_model
 def ranet_fmnist() -> RANetConfig:
     """Tiny Fashion-MNIST default: 3 flows at 7/14/28, 4 exits."""
     return RANetConfig(
-        name="ranet_fmnist", n_blocks=2, block_step=1, step=2, scale_list=(1, 2, 3),
-        gr_factor=(4, 2, 1), bn_factor=(4, 2, 1), n_channels=8, growth_rate=4,
-        in_channels=1, image_size=28,
-    )  # fmt: skip
+        name="ranet_fmnist",
+        n_blocks=2,
+        block_step=1,
+        step=2,
+        scale_list=(1, 2, 3),
+        gr_factor=(4, 2, 1),
+        bn_factor=(4, 2, 1),
+        n_channels=8,
+        growth_rate=4,
+        in_channels=1,
+        image_size=28,
+    )

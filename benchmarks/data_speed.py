@@ -7,7 +7,10 @@ padding=2), ToTensor, Normalize; collated by a DataLoader without workers). Each
 as the best of a few repeats. The script prints images/s and the ratio and writes them to
 `benchmarks/results/data_speed.csv`.
 
-    python benchmarks/data_speed.py [--batches 200 --repeats 3 --data-root data]
+On a shared machine, 2 torch threads on small tensors are very sensitive to other busy
+processes (the second thread waits for a core); compare with --threads 1.
+
+    python benchmarks/data_speed.py [--batches 200 --repeats 3 --threads 2 --data-root data]
 """
 
 from __future__ import annotations
@@ -61,9 +64,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-root", default="data")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as split_dir:
         loaders = build_loaders(
@@ -93,13 +97,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     per_image = max(images_per_second(pil_loader, args.batches) for _ in range(args.repeats))
     rows = pd.DataFrame(
         [
-            {"path": "batched_uint8", "images_per_s": round(batched)},
-            {"path": "per_image_pil", "images_per_s": round(per_image)},
+            {"path": "batched_uint8", "threads": args.threads, "images_per_s": round(batched)},
+            {"path": "per_image_pil", "threads": args.threads, "images_per_s": round(per_image)},
         ]
     )
     write_csv(args.out, rows)
     print(rows.to_string(index=False))
-    print(f"batched / per-image: {batched / per_image:.1f}x (batch {BATCH}, CPU, 2 threads)")
+    ratio = batched / per_image
+    print(f"batched / per-image: {ratio:.1f}x (batch {BATCH}, CPU, {args.threads} threads)")
     return rows
 
 

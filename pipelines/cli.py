@@ -67,9 +67,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 
     study, root = _study_paths(args)
     info = get_dataset_info(args.dataset)
-    split = get_split(
-        args.dataset, _split_dir(root), seed=study["split_seed"], data_root=study["data_root"]
-    )
+    split = get_split(args.dataset, _split_dir(root), seed=study["split_seed"])
     print(f"{info.name}: {len(split.train_idx)} train / {len(split.val_idx)} val indices")
 
 
@@ -77,6 +75,10 @@ def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     """(resolved run config, run directory, split directory) from --study/--run or --config."""
     from eebench.pipelines.config import RunSpec, load_run_config, resolve_run
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.config:
         run = load_run_config(args.config)
         run_dir = Path(args.run_dir or Path(args.config).parent)
@@ -166,6 +168,11 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a resolved run config (instead of --study/--run)")
     parser.add_argument("--run-dir", help="with --config: the run directory (default: its folder)")
     parser.add_argument("--split-dir", help="with --config: where split files live")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice); Snakemake passes its job's threads",
+    )
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {

@@ -22,7 +22,7 @@ batches the uninterrupted run would have got.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,7 +210,7 @@ class InMemoryLoader:
         indices: np.ndarray,
         *,
         batch_size: int,
-        transform: Any,  # BatchTransform: (uint8 batch, seed) -> float batch
+        transform: Callable[[Tensor, int], Tensor],  # (uint8 batch, seed) -> float batch
         seed: int = 0,
         shuffle: bool = False,
         drop_last: bool = False,
@@ -296,12 +296,8 @@ class FolderLoader:
         device: torch.device | str = "cpu",
     ) -> None:
         self.dataset, self.indices = dataset, np.asarray(indices, dtype=np.int64)
-        self.batch_size, self.seed, self.shuffle, self.drop_last = (
-            batch_size,
-            seed,
-            shuffle,
-            drop_last,
-        )
+        self.batch_size, self.seed = batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
         self.num_workers, self.device = num_workers, torch.device(device)
 
     @property

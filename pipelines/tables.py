@@ -128,10 +128,9 @@ TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note")
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Any CSV of this module, with empty text cells read back as ''."""
-    frame = pd.read_csv(path)
-    for column in TEXT_COLUMNS:
-        if column in frame:
-            frame[column] = frame[column].fillna("").astype(str)
+    frame = pd.read_csv(path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
+    present = [column for column in TEXT_COLUMNS if column in frame]
+    frame[present] = frame[present].fillna("")
     return frame
 
 

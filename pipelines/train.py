@@ -248,7 +248,7 @@ class Trainer:
         slot = handle or self.backbone_optimizer()
         if not torch.isfinite(loss.detach()):
             raise NonFiniteLossError(
-                f"loss is {float(loss):.4g} at epoch {self.global_step // self.steps_per_epoch}, "
+                f"loss is {float(loss.detach()):.4g} at epoch {self.global_step // self.steps_per_epoch}, "
                 f"global step {self.global_step} ({slot.name} update); the last good checkpoint "
                 f"in {self.ckpt_dir} is kept; lower the learning rate or check the data"
             )

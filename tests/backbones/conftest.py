@@ -16,7 +16,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(name: str, num_classes: int) -> MultiExitNet:
     torch.manual_seed(0)
     return create_model(name, num_classes).eval()

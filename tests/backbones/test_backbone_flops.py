@@ -127,7 +127,12 @@ def test_other_class_counts_match_spec(name: str, models) -> None:
 
 # backbones.md §4 whole-model totals by operator (ReLU is traced in place: relu_)
 OP_TOTALS = {
-    ("msdnet_cifar", 100): {"conv": 136475648, "relu_": 711424, "avg_pool2d": 3584, "linear": 90300},
+    ("msdnet_cifar", 100): {
+        "conv": 136475648,
+        "relu_": 711424,
+        "avg_pool2d": 3584,
+        "linear": 90300,
+    },
     ("ranet_fmnist", 10): {"conv": 11421461, "relu_": 90404, "avg_pool2d": 2048, "linear": 5160},
     ("msdnet_imagenet_step4", 1000): {
         "conv": 1353622016,

@@ -56,7 +56,8 @@ def test_every_registered_config_builds(name: str, models) -> None:
     assert model.num_exits == len(HEAD_IN_CHANNELS[name])
     assert model.head_in_channels == HEAD_IN_CHANNELS[name]
     cifar_heads = config.stem == "cifar"
-    assert model.feature_dims == ([128] * model.num_exits if cifar_heads else model.head_in_channels)
+    expected_dims = [128] * model.num_exits if cifar_heads else model.head_in_channels
+    assert model.feature_dims == expected_dims
     assert model.input_shape == (1 if "fmnist" in name else 3, *(2 * (config.image_size,)))
     assert (model.num_classes, model.activation) == (10, "relu")
 
@@ -96,7 +97,7 @@ def test_bad_num_classes(bad) -> None:
 
 
 def test_bad_activation() -> None:
-    with pytest.raises(ValueError, match="activation='swish'.*relu.*gelu"):
+    with pytest.raises(ValueError, match=r"activation='swish'.*relu.*gelu"):
         create_model("msdnet_fmnist", 10, activation="swish")
 
 

@@ -1,0 +1,182 @@
+"""eebench workflow: split → train (or calibrate) → evaluate → tables → figures.
+
+  snakemake --profile profiles/default                          # config/default.yaml
+  snakemake --profile profiles/default --configfile config/fmnist.yaml
+  snakemake -n --configfile config/paper.yaml                   # job graph, no data needed
+  snakemake --configfile config/<study>.yaml --report results/<study>/report.html
+
+Every job is one `eebench` command; the study config (validated here against
+pipelines/schemas/study.schema.yaml, then against the registries) is the only input
+that the commands share. Results go to results/<study>/ (layout: spec/protocol.md).
+"""
+
+from snakemake.utils import min_version, validate
+
+from eebench.pipelines.figures import FIGURE_FILES
+from eebench.pipelines.tables import TABLE_FILES
+
+min_version("8.0")
+
+
+include: "workflow/rules/common.smk"
+
+
+STUDY_FILE = study_file()
+load_config(STUDY_FILE)
+STUDY = checked_study(STUDY_FILE)  # a wrong key, type or name stops here, naming it
+validate(config, str(STUDY_SCHEMA))  # Snakemake's check of the same schema; fills defaults
+ROOT = f"results/{STUDY['study']}"
+RUNS = expand_runs(STUDY)
+TRAIN_RUNS = [spec for spec in RUNS if method_kind(spec.method) == "train"]
+POSTHOC_RUNS = [spec for spec in RUNS if method_kind(spec.method) == "posthoc"]
+SPLITS = {split_file(ROOT, dataset, STUDY["split_seed"]): dataset for dataset in STUDY["datasets"]}
+EEBENCH = eebench_command()
+COMMON = f"--study {STUDY_FILE} --results {ROOT}"
+GPUS = gpus_per_job(STUDY)
+TRAIN_MINUTES = STUDY.get("slurm", {}).get("time_minutes", 24 * 60)
+
+
+def spec_of(wildcards):
+    return RunSpec.from_path(wildcards.run)
+
+
+def run_split(wildcards):
+    return next(path for path, dataset in SPLITS.items() if dataset == spec_of(wildcards).dataset)
+
+
+report: "report/workflow.rst"
+
+
+localrules:
+    all,
+    split,
+    tables,
+    figures,
+
+
+rule all:
+    input:
+        expand(f"{ROOT}/tables/{{name}}", name=TABLE_FILES),
+        expand(f"{ROOT}/figures/{{name}}", name=FIGURE_FILES),
+
+
+rule split:
+    output:
+        f"{ROOT}/splits/{{name}}",
+    wildcard_constraints:
+        name="|".join(re.escape(Path(path).name) for path in SPLITS),
+    params:
+        dataset=lambda wildcards: SPLITS[f"{ROOT}/splits/{wildcards.name}"],
+    log:
+        f"{ROOT}/logs/split/{{name}}.log",
+    threads: 1
+    resources:
+        **resources(mem_mb=2000, runtime=10),
+    shell:
+        "{EEBENCH} split {COMMON} --dataset {params.dataset} > {log:q} 2>&1"
+
+
+rule train:
+    input:
+        split=run_split,
+        upstream=lambda wildcards: [
+            f"{ROOT}/{up.path}/model.pt" for up in needed_runs(STUDY, RUNS, spec_of(wildcards))
+        ],
+    output:
+        # model.pt is written last, atomically: it marks a finished run. Checkpoints and
+        # the training logs are not outputs, so an interrupted run resumes from them.
+        f"{ROOT}/{{run}}/model.pt",
+    wildcard_constraints:
+        run=run_pattern(TRAIN_RUNS),
+    log:
+        f"{ROOT}/logs/train/{{run}}.log",
+    threads: 8
+    resources:
+        **resources(mem_mb=16000, runtime=TRAIN_MINUTES, gpu=GPUS),
+    shell:
+        "OMP_NUM_THREADS={threads} {EEBENCH} train {COMMON} --run {wildcards.run:q} > {log:q} 2>&1"
+
+
+rule evaluate:
+    input:
+        model=f"{ROOT}/{{run}}/model.pt",
+        split=run_split,
+    output:
+        outputs=f"{ROOT}/{{run}}/outputs.npz",
+        features=f"{ROOT}/{{run}}/features.npz",
+        anytime=f"{ROOT}/{{run}}/anytime.csv",
+        budgeted=f"{ROOT}/{{run}}/budgeted.csv",
+    wildcard_constraints:
+        run=run_pattern(TRAIN_RUNS),
+    log:
+        f"{ROOT}/logs/evaluate/{{run}}.log",
+    threads: 8
+    resources:
+        **resources(mem_mb=16000, runtime=120, gpu=GPUS),
+    shell:
+        "OMP_NUM_THREADS={threads} {EEBENCH} evaluate {COMMON} --run {wildcards.run:q} "
+        "> {log:q} 2>&1"
+
+
+rule calibrate:
+    input:
+        lambda wildcards: [
+            f"{ROOT}/{up.path}/{name}"
+            for up in needed_runs(STUDY, RUNS, spec_of(wildcards))
+            for name in ("outputs.npz", "features.npz")
+        ],
+    output:
+        outputs=f"{ROOT}/{{run}}/outputs.npz",
+        anytime=f"{ROOT}/{{run}}/anytime.csv",
+        budgeted=f"{ROOT}/{{run}}/budgeted.csv",
+    wildcard_constraints:
+        run=run_pattern(POSTHOC_RUNS),
+    log:
+        f"{ROOT}/logs/calibrate/{{run}}.log",
+    threads: 4
+    resources:
+        **resources(mem_mb=16000, runtime=120),
+    shell:
+        "OMP_NUM_THREADS={threads} {EEBENCH} calibrate {COMMON} --run {wildcards.run:q} "
+        "> {log:q} 2>&1"
+
+
+rule tables:
+    input:
+        [f"{ROOT}/{spec.path}/{name}" for spec in RUNS for name in ("anytime.csv", "budgeted.csv")],
+    output:
+        [
+            report(f"{ROOT}/tables/{name}", caption="report/tables.rst", category="Tables")
+            for name in TABLE_FILES
+        ],
+    log:
+        f"{ROOT}/logs/tables.log",
+    threads: 1
+    resources:
+        **resources(mem_mb=4000, runtime=15),
+    shell:
+        "{EEBENCH} tables {COMMON} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        rules.tables.output,
+    output:
+        [
+            report(
+                f"{ROOT}/figures/{name}",
+                caption=f"report/{name.split('.')[0]}.rst",
+                category="Figures",
+                subcategory=name.split(".")[0],
+            )
+            if name.endswith(".png")
+            else f"{ROOT}/figures/{name}"
+            for name in FIGURE_FILES
+        ],
+    log:
+        f"{ROOT}/logs/figures.log",
+    threads: 1
+    resources:
+        **resources(mem_mb=4000, runtime=15),
+    shell:
+        "{EEBENCH} figures {COMMON} > {log:q} 2>&1"

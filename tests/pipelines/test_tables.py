@@ -1,0 +1,142 @@
+"""build_tables on fake per-run results: protocol columns, row counts, Table 1 interpolation
+checked by hand, mean ± std summaries and the comparison with the paper's numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eebench.pipelines.tables import (
+    COLUMNS,
+    TABLE_FILES,
+    build_tables,
+    load_results,
+    paper_reported,
+    read_table,
+)
+
+
+@pytest.fixture
+def tables(study: dict[str, Any], results_root: Path) -> dict[str, pd.DataFrame]:
+    paths = build_tables(study, results_root)
+    assert [p.name for p in paths] == list(TABLE_FILES)
+    return {p.stem: read_table(p) for p in paths}
+
+
+def test_tidy_tables_have_exactly_the_protocol_columns(tables: dict[str, pd.DataFrame]) -> None:
+    for kind in ("anytime", "budgeted", "table1"):
+        assert list(tables[kind].columns) == COLUMNS[kind]
+
+
+def test_row_counts_one_row_per_seed(tables: dict[str, pd.DataFrame]) -> None:
+    # MSDNet (5 exits): standard, joint_bilevel, frozen, 2 feature subsets; RANet (4 exits):
+    # the first three; 2 seeds each. joint_bilevel runs have two exit policies.
+    assert len(tables["runs"]) == 16
+    assert len(tables["anytime"]) == 2 * (5 * 5 + 3 * 4)
+    assert len(tables["budgeted"]) == 39 * (4 * 1 + 12 * 2)
+    assert len(tables["table1"]) == 3 * 2 * 5  # 3 feature sets × 2 seeds × 5 budgets
+
+
+def test_default_variant_reads_back_as_empty_string(tables: dict[str, pd.DataFrame]) -> None:
+    variants = set(tables["anytime"]["variant"])
+    assert variants == {"", "frozen", "confidence", "margin+entropy"}
+
+
+def test_table1_features_come_from_each_run_config(tables: dict[str, pd.DataFrame]) -> None:
+    table1 = tables["table1"]
+    assert set(table1["features"]) == {"confidence+entropy", "confidence", "margin+entropy"}
+    assert set(table1["backbone"]) == {"msdnet_cifar"}  # RANet and frozen runs are left out
+
+
+def test_table1_interpolates_linearly_between_neighbouring_points(
+    tables: dict[str, pd.DataFrame],
+) -> None:
+    table1 = tables["table1"].set_index(["features", "seed", "budget_mflops"])["top1"]
+    # seed 0, features confidence: offset 3; neighbours of 30 MFLOPs are p=6 (28 MFLOPs,
+    # 50 + 18/12 + 3 = 54.5) and p=7 (31 MFLOPs, 54.75): 54.5 + (2/3)·0.25.
+    assert table1[("confidence", 0, 30.0)] == pytest.approx(54.5 + 2 / 3 * 0.25)
+    assert table1[("confidence", 1, 30.0)] == pytest.approx(55.5 + 2 / 3 * 0.25)
+    assert np.isnan(table1[("confidence", 0, 5.0)])  # below the curve's cheapest point
+
+
+def test_summaries_give_mean_and_std_over_seeds(tables: dict[str, pd.DataFrame]) -> None:
+    summary = tables["table1_summary"].set_index(["features", "budget_mflops"])
+    row = summary.loc[("confidence", 30.0)]
+    assert row["top1_mean"] == pytest.approx(55.0 + 2 / 3 * 0.25)
+    assert row["top1_std"] == pytest.approx(np.sqrt(0.5))
+    assert row["n_seeds"] == 2
+    assert summary.loc[("confidence", 5.0), "n_seeds"] == 0
+    budgeted = tables["budgeted_summary"]
+    assert {"mflops_mean", "mflops_std", "top1_mean", "top1_std", "n_seeds"} <= set(budgeted)
+    assert len(budgeted) == len(tables["budgeted"]) // 2
+    anytime = tables["anytime_summary"]
+    last = anytime[(anytime["backbone"] == "msdnet_cifar") & (anytime["method"] == "standard")]
+    assert last["top1_mean"].iloc[-1] == pytest.approx(80.5)
+
+
+def test_paper_comparison_matches_features_methods_and_budgets(
+    tables: dict[str, pd.DataFrame],
+) -> None:
+    comparison = tables["paper_comparison"]
+    assert len(comparison) == len(paper_reported())
+    table1 = comparison[comparison["figure"] == "table1"].set_index(["method", "budget_mflops"])
+    confidence = table1.loc[("joint_bilevel[confidence]", 30)]
+    assert confidence["ours_top1"] == pytest.approx(55.0 + 2 / 3 * 0.25)
+    assert confidence["difference"] == pytest.approx(55.0 + 2 / 3 * 0.25 - 70.84)
+    assert confidence["ours_seeds"] == 2
+    # The default variant counts with its own features (confidence+entropy, offset 2).
+    default = table1.loc[("joint_bilevel[confidence+entropy]", 50)]
+    assert default["ours_top1"] == pytest.approx(50 + 40 / 12 + 2.5)
+    assert (
+        "no joint_bilevel[margin] run on msdnet"
+        in table1.loc[("joint_bilevel[margin]", 30), "note"]
+    )
+    last_exit = comparison[(comparison["quantity"] == "top1_last_exit")]
+    assert last_exit.set_index("dataset").loc["cifar100", "ours_top1"] == pytest.approx(82.5)
+    for dataset in ("cifar10", "imagenet"):
+        notes = comparison[comparison["dataset"] == dataset]["note"]
+        assert set(notes) == {"no matching dataset in this study"}
+
+
+def test_paper_comparison_says_no_matching_dataset_for_a_stand_in_study(
+    make_study: Callable[..., dict[str, Any]], make_results: Callable[[dict[str, Any]], Path]
+) -> None:
+    study = make_study("fashion_mnist")
+    root = make_results(study)
+    build_tables(study, root)
+    comparison = read_table(root / "tables" / "paper_comparison.csv")
+    assert set(comparison["note"]) == {"no matching dataset in this study"}
+    assert comparison["ours_top1"].isna().all()
+
+
+def test_budget_fractions_scale_the_last_exit_cost(
+    study: dict[str, Any], make_results: Callable[[dict[str, Any]], Path]
+) -> None:
+    dataset = study["datasets"]["cifar100"]
+    del dataset["budgets_mflops"]
+    dataset["budget_fractions"] = [0.5]
+    root = make_results(study)
+    build_tables(study, root)
+    table1 = read_table(root / "tables" / "table1.csv")
+    assert set(table1["budget_mflops"]) == {68.5}  # 0.5 × 137 MFLOPs
+
+
+def test_missing_runs_are_an_error_unless_allowed(
+    study: dict[str, Any], results_root: Path
+) -> None:
+    (results_root / "runs/cifar100/ranet_cifar/standard/seed1/budgeted.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="1 run files missing"):
+        build_tables(study, results_root)
+    assert len(load_results(study, results_root, allow_missing=True).runs) == 15
+
+
+def test_wrong_columns_in_a_run_csv_are_named(study: dict[str, Any], results_root: Path) -> None:
+    path = results_root / "runs/cifar100/msdnet_cifar/standard/seed0/anytime.csv"
+    read_table(path).rename(columns={"top1": "acc"}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"anytime\.csv: columns"):
+        build_tables(study, results_root)
