@@ -12,8 +12,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,16 @@ def check_activation(activation: str) -> str:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not supported; use one of {ACTIVATIONS}")
     return activation
+
+
+def is_positive_int(value: object) -> bool:
+    """Integers >= 1, NumPy integers included, bools excluded."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def floor_mul(factor: float, width: int) -> int:
+    """⌊factor·width⌋, the width rule of transitions and compressions."""
+    return math.floor(factor * width)
 
 
 def halve(size: int) -> int:
@@ -81,7 +92,7 @@ class BackboneConfig:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
-    def fail(self, field: str, problem: str, fix: str) -> None:
+    def fail(self, field: str, problem: str, fix: str) -> NoReturn:
         """Raise the uniform validation error: which field, what is wrong, how to fix it."""
         value = getattr(self, field, None)
         raise ValueError(f"{type(self).__name__}.{field}={value!r}: {problem}; {fix}")
@@ -89,7 +100,7 @@ class BackboneConfig:
     def _validate(self) -> None:
         for field in self.positive_fields:
             value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
+            if not is_positive_int(value):
                 self.fail(field, "must be a positive integer", "set it to an integer >= 1")
         if self.stem not in STEM_STYLES:
             self.fail("stem", "unknown stem/head style", f"use one of {STEM_STYLES}")
@@ -280,11 +291,12 @@ class MultiExitNet(nn.Module):
         self.feature_dims = [head.classifier.in_features for head in heads]
 
     @staticmethod
-    def check_build_args(num_classes: int, activation: str) -> None:
-        """Validate the non-config arguments before any layer is built."""
-        if not isinstance(num_classes, int) or num_classes < 1:
+    def check_build_args(num_classes: int, activation: str) -> int:
+        """Validate the non-config arguments before any layer is built; returns a plain int."""
+        if not is_positive_int(num_classes):
             raise ValueError(f"num_classes={num_classes!r} must be a positive integer")
         check_activation(activation)
+        return int(num_classes)
 
     def init_state(self, x: Tensor) -> State:
         """Run the stem; its output is the state that stage 0 consumes."""
@@ -339,8 +351,3 @@ def fold_batchnorm(model: MultiExitNet) -> MultiExitNet:
             module.conv = fuse_conv_bn_eval(module.conv, module.bn)
             module.bn = nn.Identity()
     return folded.requires_grad_(False)
-
-
-def floor_mul(factor: float, width: int) -> int:
-    """⌊factor·width⌋, the width rule of transitions and compressions."""
-    return math.floor(factor * width)

@@ -148,7 +148,7 @@ class MSDNet(MultiExitNet):
     """Multi-scale dense network with one exit per block (PyTorch default init, §2 "Init")."""
 
     def __init__(self, config: MSDNetConfig, num_classes: int, activation: str = "relu") -> None:
-        self.check_build_args(num_classes, activation)
+        num_classes = self.check_build_args(num_classes, activation)
         stages, widths = self._build_stages(config, activation)
         coarsest = config.gr_factor[-1]
         super().__init__(

@@ -264,7 +264,7 @@ class RANet(MultiExitNet):
     """Resolution-adaptive network; exits are numbered flow-major (§3 "Init" applied)."""
 
     def __init__(self, config: RANetConfig, num_classes: int, activation: str = "relu") -> None:
-        self.check_build_args(num_classes, activation)
+        num_classes = self.check_build_args(num_classes, activation)
         stages, head_widths = self._build_stages(config, activation)
         super().__init__(
             config,

@@ -246,9 +246,11 @@ class Trainer:
 
     def optimize(self, loss: torch.Tensor, handle: OptimizerSlot | None = None) -> None:
         slot = handle or self.backbone_optimizer()
-        if not torch.isfinite(loss.detach()):
+        value = loss.detach()
+        if not torch.isfinite(value):
+            epoch = self.global_step // self.steps_per_epoch
             raise NonFiniteLossError(
-                f"loss is {float(loss.detach()):.4g} at epoch {self.global_step // self.steps_per_epoch}, "
+                f"loss is {float(value):.4g} at epoch {epoch}, "
                 f"global step {self.global_step} ({slot.name} update); the last good checkpoint "
                 f"in {self.ckpt_dir} is kept; lower the learning rate or check the data"
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -85,12 +86,13 @@ def test_unknown_name_lists_registered_names() -> None:
     assert all(name in str(err.value) for name in list_models())
 
 
-def test_num_classes_positional_or_keyword() -> None:
+def test_num_classes_positional_keyword_or_numpy() -> None:
     assert create_model("msdnet_fmnist", 7).num_classes == 7
+    assert type(create_model("ranet_fmnist", np.int64(5)).num_classes) is int
     assert create_model("msdnet_fmnist", num_classes=3).heads[0].classifier.out_features == 3
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
 def test_bad_num_classes(bad) -> None:
     with pytest.raises(ValueError, match="num_classes"):
         create_model("ranet_fmnist", bad)
