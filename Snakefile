@@ -10,6 +10,8 @@ pipelines/schemas/study.schema.yaml, then against the registries) is the only in
 that the commands share. Results go to results/<study>/ (layout: spec/protocol.md).
 """
 
+import shlex
+
 from snakemake.utils import min_version, validate
 
 from eebench.pipelines.figures import FIGURE_FILES
@@ -27,11 +29,15 @@ STUDY = checked_study(STUDY_FILE)  # a wrong key, type or name stops here, namin
 validate(config, str(STUDY_SCHEMA))  # Snakemake's check of the same schema; fills defaults
 ROOT = f"results/{STUDY['study']}"
 RUNS = expand_runs(STUDY)
-TRAIN_RUNS = [spec for spec in RUNS if method_kind(spec.method) == "train"]
-POSTHOC_RUNS = [spec for spec in RUNS if method_kind(spec.method) == "posthoc"]
-SPLITS = {split_file(ROOT, dataset, STUDY["split_seed"]): dataset for dataset in STUDY["datasets"]}
+TRAIN_RUNS = run_pattern([spec for spec in RUNS if method_kind(spec.method) == "train"])
+POSTHOC_RUNS = run_pattern([spec for spec in RUNS if method_kind(spec.method) == "posthoc"])
+SPLIT_FILES = {dataset: split_file(ROOT, dataset, STUDY["split_seed"]) for dataset in STUDY["datasets"]}
+DATASET_OF_SPLIT = {Path(path).name: dataset for dataset, path in SPLIT_FILES.items()}
+# Shell commands use these globals rather than `params:` on purpose: a params change
+# reruns a job, and the absolute paths below change with the checkout, not the results.
 EEBENCH = eebench_command()
-COMMON = f"--study {STUDY_FILE} --results {ROOT}"
+COMMON = f"--study {shlex.quote(str(STUDY_FILE))} --results {shlex.quote(ROOT)}"
+RUN_COMMAND = "{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {threads} > {log:q} 2>&1"
 GPUS = gpus_per_job(STUDY)
 TRAIN_MINUTES = STUDY.get("slurm", {}).get("time_minutes", 24 * 60)
 
@@ -41,7 +47,7 @@ def spec_of(wildcards):
 
 
 def run_split(wildcards):
-    return next(path for path, dataset in SPLITS.items() if dataset == spec_of(wildcards).dataset)
+    return SPLIT_FILES[spec_of(wildcards).dataset]
 
 
 report: "report/workflow.rst"
@@ -64,9 +70,9 @@ rule split:
     output:
         f"{ROOT}/splits/{{name}}",
     wildcard_constraints:
-        name="|".join(re.escape(Path(path).name) for path in SPLITS),
+        name="|".join(map(re.escape, DATASET_OF_SPLIT)),
     params:
-        dataset=lambda wildcards: SPLITS[f"{ROOT}/splits/{wildcards.name}"],
+        dataset=lambda wildcards: DATASET_OF_SPLIT[wildcards.name],
     log:
         f"{ROOT}/logs/split/{{name}}.log",
     threads: 1
@@ -87,14 +93,14 @@ rule train:
         # the training logs are not outputs, so an interrupted run resumes from them.
         f"{ROOT}/{{run}}/model.pt",
     wildcard_constraints:
-        run=run_pattern(TRAIN_RUNS),
+        run=TRAIN_RUNS,
     log:
         f"{ROOT}/logs/train/{{run}}.log",
     threads: 8
     resources:
         **resources(mem_mb=16000, runtime=TRAIN_MINUTES, gpu=GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {EEBENCH} train {COMMON} --run {wildcards.run:q} > {log:q} 2>&1"
+        RUN_COMMAND
 
 
 rule evaluate:
@@ -107,15 +113,14 @@ rule evaluate:
         anytime=f"{ROOT}/{{run}}/anytime.csv",
         budgeted=f"{ROOT}/{{run}}/budgeted.csv",
     wildcard_constraints:
-        run=run_pattern(TRAIN_RUNS),
+        run=TRAIN_RUNS,
     log:
         f"{ROOT}/logs/evaluate/{{run}}.log",
     threads: 8
     resources:
         **resources(mem_mb=16000, runtime=120, gpu=GPUS),
     shell:
-        "OMP_NUM_THREADS={threads} {EEBENCH} evaluate {COMMON} --run {wildcards.run:q} "
-        "> {log:q} 2>&1"
+        RUN_COMMAND
 
 
 rule calibrate:
@@ -130,15 +135,14 @@ rule calibrate:
         anytime=f"{ROOT}/{{run}}/anytime.csv",
         budgeted=f"{ROOT}/{{run}}/budgeted.csv",
     wildcard_constraints:
-        run=run_pattern(POSTHOC_RUNS),
+        run=POSTHOC_RUNS,
     log:
         f"{ROOT}/logs/calibrate/{{run}}.log",
     threads: 4
     resources:
         **resources(mem_mb=16000, runtime=120),
     shell:
-        "OMP_NUM_THREADS={threads} {EEBENCH} calibrate {COMMON} --run {wildcards.run:q} "
-        "> {log:q} 2>&1"
+        RUN_COMMAND
 
 
 rule tables:
@@ -165,9 +169,8 @@ rule figures:
         [
             report(
                 f"{ROOT}/figures/{name}",
-                caption=f"report/{name.split('.')[0]}.rst",
+                caption=f"report/{Path(name).stem}.rst",
                 category="Figures",
-                subcategory=name.split(".")[0],
             )
             if name.endswith(".png")
             else f"{ROOT}/figures/{name}"

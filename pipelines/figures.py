@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 
 from eebench.methods import CALIBRATORS
 from eebench.methods.joint_bilevel import FEATURES
+from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import write_bytes, write_csv, write_text
 from eebench.pipelines.registry import UnknownNameError
 from eebench.pipelines.tables import (
@@ -65,6 +66,9 @@ FIGURE_FILES: tuple[str, ...] = (
 )
 DPI = 200
 PANEL_SIZE = (4.6, 3.6)  # inches per panel: readable at paper size once scaled to a column
+MIN_WIDTH = 6.4  # inches: room for a two-column legend under a single panel
+LEGEND_COLUMN = 3.2  # inches per legend column
+TITLE_CHARS = 40  # a panel title wraps beyond this, so that neighbouring titles never meet
 SCORE_POLICY = "score"
 CURVE_KEYS = ["backbone", "method", "variant"]
 
@@ -187,8 +191,6 @@ def _n_train(dataset: str, subsets: pd.Series) -> str:
     values = sorted({int(n) for n in subsets.dropna()})
     if subsets.isna().any():
         try:
-            from eebench.pipelines.datasets import get_dataset_info
-
             info = get_dataset_info(dataset)
             values.append(info.n_train_total - info.n_val)
         except UnknownNameError:
@@ -199,8 +201,10 @@ def _n_train(dataset: str, subsets: pd.Series) -> str:
 def _dataset_summary(dataset: str, runs: pd.DataFrame) -> str:
     if runs.empty:
         return f"{dataset_label(dataset)} (no runs yet)"
-    epochs = ", ".join(str(e) for e in sorted(runs["epochs"].unique()))
-    return f"{dataset_label(dataset)}, {_n_train(dataset, runs['train_subset'])}, {epochs} epochs"
+    epochs = sorted(runs["epochs"].unique())
+    unit = "epoch" if epochs == [1] else "epochs"
+    listed = ", ".join(map(str, epochs))
+    return f"{dataset_label(dataset)}, {_n_train(dataset, runs['train_subset'])}, {listed} {unit}"
 
 
 def caption(tables: StudyTables, datasets: Iterable[str | None]) -> str:
@@ -238,14 +242,10 @@ def _rows(
     dataset: str | None,
     methods: Callable[[str], bool],
     variants: Iterable[str] = ("",),
-    family: str | None = None,
 ) -> pd.DataFrame:
-    """Rows of one dataset (and backbone family) for the chosen methods and variants."""
+    """Rows of one dataset for the chosen methods and variants."""
     mask = (frame["dataset"] == dataset) & frame["method"].map(methods).astype(bool)
-    mask &= frame["variant"].isin(list(variants))
-    if family:
-        mask &= frame["backbone"].map(backbone_family) == family
-    return frame[mask]
+    return frame[mask & frame["variant"].isin(list(variants))]
 
 
 def _train_time(method: str) -> bool:
@@ -273,19 +273,18 @@ def _paper_points(tables: StudyTables, figure: str, dataset: str | None) -> pd.D
 # --------------------------------------------------------------------------- drawing
 
 
-def _draw_curve(ax: Axes, points: pd.DataFrame, x: str, style: Style, **line: Any) -> None:
-    """Mean line; a ±std band when the points come from several seeds."""
-    points = points.sort_values(x)
-    ax.plot(points[x], points["top1_mean"], color=style.color, marker=style.marker, **line)
+def _draw_curve(ax: Axes, points: pd.DataFrame, style: Style, **line: Any) -> None:
+    """Mean top-1 against mean cost; a ±std band when the points come from several seeds."""
+    points = points.sort_values("mflops_mean")
+    x = points["mflops_mean"]
+    ax.plot(x, points["top1_mean"], color=style.color, marker=style.marker, **line)
     if (points["n_seeds"] > 1).any():
         low = points["top1_mean"] - points["top1_std"]
         high = points["top1_mean"] + points["top1_std"]
-        ax.fill_between(points[x], low, high, color=style.color, alpha=0.15, linewidth=0)
+        ax.fill_between(x, low, high, color=style.color, alpha=0.15, linewidth=0)
 
 
-def _draw_curves(
-    ax: Axes, frame: pd.DataFrame, x: str, backbones: list[str], markevery: int = 1
-) -> None:
+def _draw_curves(ax: Axes, frame: pd.DataFrame, backbones: list[str], markevery: int) -> None:
     """One line per backbone × method × variant (× exit policy: dashed = own score)."""
     keys = [*CURVE_KEYS, "policy"] if "policy" in frame else CURVE_KEYS
     for key, points in frame.groupby(keys, sort=False):
@@ -297,7 +296,7 @@ def _draw_curves(
         )
         fill = _FILLS[backbones.index(backbone) % len(_FILLS)]
         line = {"linestyle": "--" if own_score else "-", "fillstyle": fill, "label": label}
-        _draw_curve(ax, points, x, style, markevery=markevery, markersize=5, linewidth=1.4, **line)
+        _draw_curve(ax, points, style, markevery=markevery, markersize=5, linewidth=1.4, **line)
 
 
 def _draw_paper(ax: Axes, points: pd.DataFrame) -> None:
@@ -316,43 +315,41 @@ def _draw_paper(ax: Axes, points: pd.DataFrame) -> None:
     )
 
 
-def _panel(
-    ax: Axes,
-    tables: StudyTables,
-    title: str,
-    frame: pd.DataFrame,
-    paper: pd.DataFrame,
-    budgeted: bool,
-) -> None:
-    """A curves panel; a note instead of curves when the study has nothing for it."""
-    ax.set_title(title)
-    if frame.empty:
-        ax.text(
-            0.5,
-            0.5,
-            "no runs for this panel\nin this study",
-            ha="center",
-            va="center",
-            transform=ax.transAxes,
-            color="0.4",
-        )
-        ax.set_xticks([])
-        ax.set_yticks([])
-        return
-    if budgeted:
-        _draw_curves(ax, frame, "mflops_mean", tables.backbones, markevery=4)
-        ax.set_xlabel("average MFLOPs per image")
-    else:
-        _draw_curves(ax, frame, "mflops_mean", tables.backbones)
-        ax.set_xlabel("MFLOPs of the exit")
-    _draw_paper(ax, paper)
-    ax.set_ylabel("top-1 accuracy (%)")
+@dataclass(frozen=True)
+class Panel:
+    """One panel of curves: its title, the summary rows drawn and the paper points overlaid."""
+
+    title: str
+    rows: pd.DataFrame
+    paper: pd.DataFrame
+    budgeted: bool
+
+    def draw(self, ax: Axes, backbones: list[str]) -> None:
+        """The curves, or a note when the study has nothing for this panel."""
+        ax.set_title(textwrap.fill(self.title, TITLE_CHARS))
+        if self.rows.empty:
+            ax.text(
+                0.5,
+                0.5,
+                "no runs for this panel\nin this study",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="0.4",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            return
+        _draw_curves(ax, self.rows, backbones, markevery=4 if self.budgeted else 1)
+        _draw_paper(ax, self.paper)
+        ax.set_xlabel("average MFLOPs per image" if self.budgeted else "MFLOPs of the exit")
+        ax.set_ylabel("top-1 accuracy (%)")
 
 
 def _figure(
     panels: int, rows: int = 1, size: tuple[float, float] = PANEL_SIZE
 ) -> tuple[Figure, list[Axes]]:
-    fig = Figure(figsize=(size[0] * panels, size[1] * rows))
+    fig = Figure(figsize=(max(size[0] * panels, MIN_WIDTH), size[1] * rows))
     FigureCanvasAgg(fig)
     return fig, list(fig.subplots(rows, panels, squeeze=False).flat)
 
@@ -371,7 +368,7 @@ def _finish(fig: Figure, axes: list[Axes], text: str) -> None:
             handles.keys(),
             loc="upper center",
             bbox_to_anchor=(0.5, 0.0),
-            ncol=min(3, len(handles)),
+            ncol=min(len(handles), int(fig.get_figwidth() // LEGEND_COLUMN)),
             frameon=False,
         )
         box = legend.get_window_extent(fig.canvas.get_renderer())
@@ -400,67 +397,55 @@ def _save(fig: Figure, out: Path, name: str, data: pd.DataFrame) -> list[Path]:
     return [*paths, out / f"{name}.csv"]
 
 
-def _with_panel(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The drawn points of every panel, with a `panel` column."""
-    parts = [frame.assign(panel=title) for title, frame in frames.items()]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
 # --------------------------------------------------------------------------- figures
 
 
 def _curve_figure(
-    tables: StudyTables,
-    name: str,
-    panels: list[tuple[str, pd.DataFrame, pd.DataFrame, bool]],
-    datasets: list[str | None],
-    out: Path,
+    tables: StudyTables, name: str, panels: list[Panel], datasets: list[str | None], out: Path
 ) -> list[Path]:
-    """A row of curve panels (title, rows, paper points, budgeted?) saved as `name`."""
+    """A row of curve panels saved as `name`, with the points drawn as `name`.csv."""
     fig, axes = _figure(len(panels))
-    for ax, (title, frame, paper, budgeted) in zip(axes, panels, strict=True):
-        _panel(ax, tables, title, frame, paper, budgeted)
+    for ax, panel in zip(axes, panels, strict=True):
+        panel.draw(ax, tables.backbones)
     _finish(fig, axes, caption(tables, datasets))
-    return _save(fig, out, name, _with_panel({p[0]: p[1] for p in panels}))
+    drawn = [panel.rows.assign(panel=panel.title) for panel in panels]
+    return _save(fig, out, name, pd.concat(drawn, ignore_index=True))
 
 
-def _anytime_rows(tables: StudyTables, dataset: str | None) -> pd.DataFrame:
-    return _rows(tables.anytime, dataset, _train_time)
+def _anytime_panel(tables: StudyTables, title: str, dataset: str | None, figure: str) -> Panel:
+    """Per-exit curves of the train-time methods (default variants)."""
+    paper = _paper_points(tables, figure, dataset)
+    rows = _rows(tables.anytime, dataset, _train_time)
+    return Panel(title, rows, paper[paper["mode"] == "anytime"], budgeted=False)
 
 
-def _budgeted_rows(tables: StudyTables, dataset: str | None) -> pd.DataFrame:
+def _budgeted_panel(tables: StudyTables, title: str, dataset: str | None, figure: str) -> Panel:
     """Train-time methods and their frozen variants, max softmax and (dashed) own score."""
+    paper = _paper_points(tables, figure, dataset)
     rows = _rows(tables.budgeted, dataset, _train_time, variants=("", "frozen"))
-    return rows[rows["policy"].isin([REFERENCE_POLICY, SCORE_POLICY])]
+    rows = rows[rows["policy"].isin([REFERENCE_POLICY, SCORE_POLICY])]
+    return Panel(title, rows, paper[paper["mode"] == "budgeted"], budgeted=True)
 
 
 def fig2_anytime(tables: StudyTables, out: Path) -> list[Path]:
-    panels = [
-        (panel_title(tables, d), _anytime_rows(tables, d), _paper_points(tables, "fig2", d), False)
-        for d in tables.datasets
-    ]
+    panels = [_anytime_panel(tables, panel_title(tables, d), d, "fig2") for d in tables.datasets]
     return _curve_figure(tables, "fig2_anytime", panels, tables.datasets, out)
 
 
 def fig3_budgeted(tables: StudyTables, out: Path) -> list[Path]:
-    panels = [
-        (panel_title(tables, d), _budgeted_rows(tables, d), _paper_points(tables, "fig3", d), True)
-        for d in tables.datasets
-    ]
+    panels = [_budgeted_panel(tables, panel_title(tables, d), d, "fig3") for d in tables.datasets]
     return _curve_figure(tables, "fig3_budgeted", panels, tables.datasets, out)
 
 
 def fig4_posthoc(tables: StudyTables, out: Path) -> list[Path]:
+    """Standard, post-hoc methods and joint_bilevel; one panel per backbone family."""
     dataset = tables.stand_in("cifar100")
     where = panel_title(tables, dataset, "cifar100") if dataset else "no CIFAR-100 or stand-in"
     rows = _own_exit_rule(_rows(tables.budgeted, dataset, _fig4_methods))
+    family = rows["backbone"].map(backbone_family)
+    no_paper = tables.paper.iloc[:0]  # the paper's Fig. 4 reports no numbers in its text
     panels = [
-        (
-            f"{FAMILY_NAMES[f]} — {where}",
-            rows[rows["backbone"].map(backbone_family) == f],
-            _paper_points(tables, "fig4", dataset),
-            True,
-        )
+        Panel(f"{FAMILY_NAMES[f]} — {where}", rows[family == f], no_paper, budgeted=True)
         for f in ("msdnet", "ranet")
     ]
     return _curve_figure(tables, "fig4_posthoc", panels, [dataset], out)
@@ -470,18 +455,8 @@ def fig5_imagenet(tables: StudyTables, out: Path) -> list[Path]:
     dataset = tables.stand_in("imagenet")
     where = panel_title(tables, dataset, "imagenet") if dataset else "no ImageNet or stand-in"
     panels = [
-        (
-            f"{where}: anytime",
-            _anytime_rows(tables, dataset),
-            _paper_points(tables, "fig5", dataset)[lambda p: p["mode"] == "anytime"],
-            False,
-        ),
-        (
-            f"{where}: budgeted",
-            _budgeted_rows(tables, dataset),
-            _paper_points(tables, "fig5", dataset)[lambda p: p["mode"] == "budgeted"],
-            True,
-        ),
+        _anytime_panel(tables, f"{where}: anytime", dataset, "fig5"),
+        _budgeted_panel(tables, f"{where}: budgeted", dataset, "fig5"),
     ]
     return _curve_figure(tables, "fig5_imagenet", panels, [dataset], out)
 

@@ -53,6 +53,33 @@ def test_paper_dry_run_lists_the_whole_job_graph_without_data(tmp_path: Path) ->
     )
 
 
+# A post-hoc calibrator registered only inside the Snakemake process, so that the calibrate
+# rule is exercised before the suite registers its first real one.
+FAKE_CALIBRATOR = """
+import sys
+from eebench.methods.base import PostHocCalibrator, register_calibrator
+register_calibrator(type("FakeCal", (PostHocCalibrator,), {"name": "fakecal"}))
+from snakemake.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_posthoc_run_is_calibrated_from_its_source_outputs(tmp_path: Path) -> None:
+    study = _default_study()
+    study["runs"] = [{"method": "standard"}, {"method": "fakecal"}]
+    study["datasets"]["fashion_mnist"]["backbones"] = ["msdnet_fmnist"]
+    config = tmp_path / "posthoc.yaml"
+    config.write_text(yaml.safe_dump(study))
+    command = [sys.executable, "-c", FAKE_CALIBRATOR, "-n", "-s", str(REPO / "Snakefile")]
+    command += ["--directory", str(tmp_path), "--configfile", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == counts["evaluate"] == counts["calibrate"] == 1
+    source = "results/default/runs/fashion_mnist/msdnet_fmnist/standard/seed0"
+    assert f"input: {source}/outputs.npz, {source}/features.npz" in result.stdout
+
+
 def _default_study() -> dict[str, Any]:
     return yaml.safe_load((REPO / "config" / "default.yaml").read_text())
 

@@ -51,13 +51,13 @@ def test_matrix_and_resolved_run() -> None:
         ({"learning_rate": 0.1}, "learning_rate"),
         ({"seeds": "0"}, "seeds"),
         ({"runs": [{"method": "standrd"}]}, "registered methods: "),
-        ({"runs": [{"method": "standard", "hparams": {"lam": 1.0}}]}, "unknown hyperparameter 'lam'"),
+        ({"runs": [{"method": "standard", "hparams": {"lam": 1.0}}]}, "hyperparameter 'lam'"),
         ({"runs": [{"method": "joint_bilevel", "hparams": {"lam": "big"}}]}, "'lam' must be float"),
         ({"runs": [{"method": "joint_bilevel", "variants": ["frozn"]}]}, "unknown variant 'frozn'"),
         ({"runs": [{"method": "standard", "recipe": "nope"}]}, "registered recipes: "),
         ({"runs": [{"method": "standard", "recipe_overrides": {"epoch": 3}}]}, "'epoch'"),
-        ({"datasets": {"mnist": {"backbones": ["msdnet_fmnist"], "recipe": "fmnist"}}}, "fashion_mnist"),
-        ({"datasets": {"fashion_mnist": {"backbones": ["msdnet"], "recipe": "fmnist"}}}, "msdnet_fmnist"),
+        ({"datasets": {"mnist": {"backbones": ["msdnet_fmnist"]}}}, "fashion_mnist"),
+        ({"datasets": {"fashion_mnist": {"backbones": ["msdnet"]}}}, "msdnet_fmnist"),
     ],
 )
 def test_bad_config_is_named(change: dict[str, Any], message: str) -> None:

@@ -55,7 +55,7 @@ def eebench_command() -> str:
 
 
 def run_pattern(specs) -> str:
-    """A wildcard constraint matching exactly these run paths (never matches when empty)."""
+    """A wildcard constraint matching exactly these run paths (matches nothing when empty)."""
     return "|".join(re.escape(spec.path) for spec in specs) or "(?!)"
 
 
