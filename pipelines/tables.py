@@ -18,6 +18,7 @@ curve's cost range (`protocol.accuracy_at_budget`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from eebench.pipelines.protocol import accuracy_at_budget
 
 log = logging.getLogger(__name__)
 
-RUN_KEYS = ["dataset", "backbone", "method", "variant", "seed"]
+#: The identity columns of a run: the fields of RunSpec (dataset, backbone, method, variant, seed).
+RUN_KEYS = [field.name for field in dataclasses.fields(RunSpec)]
 #: The tidy columns of protocol.md, in order.
 COLUMNS: dict[str, list[str]] = {
     "anytime": [*RUN_KEYS, "exit", "mflops", "top1"],
