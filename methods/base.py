@@ -285,7 +285,7 @@ class ExitPolicy:
 
 TRAIN_METHODS: Registry[type[TrainMethod]] = Registry("train method")
 CALIBRATORS: Registry[type[PostHocCalibrator]] = Registry("post-hoc calibrator")
-EXIT_POLICIES: Registry[type[ExitPolicy]] = Registry("exit policy")
+EXIT_POLICIES: Registry[type[ExitPolicy]] = Registry("exit policy", "exit policies")
 
 
 def _registering(registry: Registry[Any]) -> Callable[[Any], Any]:

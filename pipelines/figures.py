@@ -10,7 +10,9 @@ drawn, and Table 1 also as Markdown and LaTeX:
 - fig4_posthoc: standard, post-hoc methods and joint_bilevel, a panel per backbone
   family, on CIFAR-100 or the dataset standing in for it;
 - fig5_imagenet: anytime and budgeted on ImageNet or the dataset standing in for it;
-- table1: top-1 at the Table 1 budgets per gater feature subset.
+- table1: top-1 at the Table 1 budgets per gater feature subset;
+- fig_sensitivity (beyond the paper): top-1 at the Table 1 budgets vs λ and vs T of
+  joint_bilevel, on each dataset/backbone with a λ/T sweep.
 
 Each method keeps one colour and marker everywhere (`STYLES`, with a fallback for
 methods added later); backbones are told apart by marker fill. Several seeds give
@@ -39,16 +41,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eebench.methods import CALIBRATORS
-from eebench.methods.joint_bilevel import FEATURES
+from eebench.methods.joint_bilevel import FEATURES, JointBilevel
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import write_bytes, write_csv, write_text
 from eebench.pipelines.registry import UnknownNameError
 from eebench.pipelines.tables import (
     PAPER_DATASETS,
     REFERENCE_POLICY,
+    SWEEP_HPARAMS,
     backbone_family,
     paper_reported,
     read_table,
+    run_spec,
+    summarise,
+    swept_hparam,
+    top1_at_budgets,
 )
 
 FIGURE_NAMES: tuple[str, ...] = (
@@ -57,6 +64,7 @@ FIGURE_NAMES: tuple[str, ...] = (
     "fig4_posthoc",
     "fig5_imagenet",
     "table1",
+    "fig_sensitivity",
 )
 #: Every file `build_figures` writes under figures/ (the Snakefile declares them as outputs).
 FIGURE_FILES: tuple[str, ...] = (
@@ -139,11 +147,13 @@ def is_posthoc(method: str) -> bool:
 
 @dataclass(frozen=True)
 class StudyTables:
-    """What the figures read: the summaries (mean/std per point), the run index, the paper."""
+    """What the figures read: the summaries (mean/std per point), the budgeted curves per
+    seed, the run index, the paper."""
 
     study: dict[str, Any]
     anytime: pd.DataFrame
     budgeted: pd.DataFrame
+    budgeted_by_seed: pd.DataFrame
     table1: pd.DataFrame
     runs: pd.DataFrame
     paper: pd.DataFrame
@@ -178,6 +188,7 @@ def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
         study=study,
         anytime=read_table(tables / "anytime_summary.csv"),
         budgeted=read_table(tables / "budgeted_summary.csv"),
+        budgeted_by_seed=read_table(tables / "budgeted.csv"),
         table1=read_table(tables / "table1_summary.csv"),
         runs=read_table(tables / "runs.csv"),
         paper=paper_reported(),
@@ -273,10 +284,12 @@ def _paper_points(tables: StudyTables, figure: str, dataset: str | None) -> pd.D
 # --------------------------------------------------------------------------- drawing
 
 
-def _draw_curve(ax: Axes, points: pd.DataFrame, style: Style, **line: Any) -> None:
-    """Mean top-1 against mean cost; a ±std band when the points come from several seeds."""
-    points = points.sort_values("mflops_mean")
-    x = points["mflops_mean"]
+def _draw_curve(
+    ax: Axes, points: pd.DataFrame, style: Style, x_column: str = "mflops_mean", **line: Any
+) -> None:
+    """Mean top-1 against `x_column` (mean cost); a ±std band when several seeds gave the points."""
+    points = points.sort_values(x_column)
+    x = points[x_column]
     ax.plot(x, points["top1_mean"], color=style.color, marker=style.marker, **line)
     if (points["n_seeds"] > 1).any():
         low = points["top1_mean"] - points["top1_std"]
@@ -297,6 +310,13 @@ def _draw_curves(ax: Axes, frame: pd.DataFrame, backbones: list[str], markevery:
         fill = _FILLS[backbones.index(backbone) % len(_FILLS)]
         line = {"linestyle": "--" if own_score else "-", "fillstyle": fill, "label": label}
         _draw_curve(ax, points, style, markevery=markevery, markersize=5, linewidth=1.4, **line)
+
+
+def _note(ax: Axes, text: str) -> None:
+    """A grey note in the middle of an empty panel, without ticks."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _draw_paper(ax: Axes, points: pd.DataFrame) -> None:
@@ -328,17 +348,7 @@ class Panel:
         """The curves, or a note when the study has nothing for this panel."""
         ax.set_title(textwrap.fill(self.title, TITLE_CHARS))
         if self.rows.empty:
-            ax.text(
-                0.5,
-                0.5,
-                "no runs for this panel\nin this study",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                color="0.4",
-            )
-            ax.set_xticks([])
-            ax.set_yticks([])
+            _note(ax, "no runs for this panel\nin this study")
             return
         _draw_curves(ax, self.rows, backbones, markevery=4 if self.budgeted else 1)
         _draw_paper(ax, self.paper)
@@ -469,9 +479,9 @@ FEATURE_ROWS: tuple[str, ...] = tuple(
 )
 INTERPOLATION_NOTE = (
     "Top-1 at a budget: linear interpolation in cost between the two neighbouring points of "
-    "the run's budgeted curve (max-softmax exits, thresholds fitted on val); – = budget "
-    "outside the curve's cost range."
+    "the run's budgeted curve (max-softmax exits, thresholds fitted on val)"
 )
+TABLE1_NOTE = f"{INTERPOLATION_NOTE}; – = budget outside the curve's cost range."
 
 
 def _cell(mean: float, std: float, n: int, paper: float, pm: str) -> str:
@@ -523,7 +533,7 @@ def table1_markdown(tables: StudyTables, text: str) -> str:
     lines = [
         "# Table 1: top-1 (%) in budgeted batch classification by gater features",
         "",
-        f"{text}. {INTERPOLATION_NOTE}",
+        f"{text}. {TABLE1_NOTE}",
         "",
     ]
     grids = table1_grids(tables)
@@ -573,7 +583,7 @@ def table1_latex(tables: StudyTables, text: str) -> str:
                     r"\begin{table}[t]",
                     r"\centering",
                     rf"\caption{{Top-1 (\%) on {_tex(title)} by gater features. {_tex(text)}. "
-                    rf"{_tex(INTERPOLATION_NOTE)}}}",
+                    rf"{_tex(TABLE1_NOTE)}}}",
                     r"\begin{tabular}{l" + "r" * len(grid.columns) + "}",
                     r"\toprule",
                     header + r" \\",
@@ -599,14 +609,7 @@ def table1_figure(tables: StudyTables, out: Path) -> list[Path]:
     for ax in axes:
         ax.axis("off")
     if not grids:
-        axes[0].text(
-            0.5,
-            0.5,
-            "no Table 1 runs (joint_bilevel on MSDNet) in this study",
-            ha="center",
-            va="center",
-            color="0.4",
-        )
+        _note(axes[0], "no Table 1 runs (joint_bilevel on MSDNet) in this study")
     for ax, (title, grid) in zip(axes, grids.items(), strict=False):
         ax.set_title(f"Table 1 — {title}: top-1 (%)")
         table = ax.table(
@@ -620,10 +623,119 @@ def table1_figure(tables: StudyTables, out: Path) -> list[Path]:
         table.set_fontsize(8)
         table.auto_set_column_width(list(range(-1, len(grid.columns))))
         table.scale(1.0, 1.3)
-    _finish(fig, axes, f"{text}. {INTERPOLATION_NOTE}")
+    _finish(fig, axes, f"{text}. {TABLE1_NOTE}")
     write_text(out / "table1.md", table1_markdown(tables, text))
     write_text(out / "table1.tex", table1_latex(tables, text))
     return [*_save(fig, out, "table1", tables.table1), out / "table1.md", out / "table1.tex"]
+
+
+# --------------------------------------------------------------------------- sensitivity
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One panel column of fig_sensitivity: a swept hyperparameter and how its axis is drawn."""
+
+    hparam: str
+    symbol: str
+    xlabel: str
+    log: bool
+
+
+SWEEPS: tuple[Sweep, ...] = (
+    Sweep("lam", "λ", "λ (weight of the cost term, log scale)", log=True),
+    Sweep("temperature", "T", "T (temperature of the exit distribution)", log=False),
+)
+SENSITIVITY_KEYS = ["dataset", "backbone", "hparam", "variant", "value", "budget_mflops"]
+NO_SWEEP_NOTE = "no λ/T sweep in this study;\nsee config/paper.yaml"
+SENSITIVITY_NOTE = f"{INTERPOLATION_NOTE}; a budget outside a curve's cost range is not drawn."
+
+
+def sensitivity_points(tables: StudyTables) -> pd.DataFrame:
+    """Top-1 (mean, std, n_seeds) at the Table 1 budgets of every λ and T value of joint_bilevel.
+
+    Only datasets/backbones with a λ or T sweep variant; their default variant is a point of
+    both sweeps. Values are the runs' own (config.yaml via runs.csv); budgets outside a curve
+    (NaN) are left out.
+    """
+    runs = tables.runs[tables.runs["method"] == JointBilevel.name]
+    swept = [swept_hparam(run_spec(run)) for _, run in runs.iterrows()]
+    with_sweep = {
+        (run["dataset"], run["backbone"])
+        for (_, run), hparam in zip(runs.iterrows(), swept, strict=True)
+        if hparam
+    }
+    rows = []
+    for (_, run), hparam in zip(runs.iterrows(), swept, strict=True):
+        sweeps = [hparam] if hparam else list(SWEEP_HPARAMS) if run["variant"] == "" else []
+        if not sweeps or (run["dataset"], run["backbone"]) not in with_sweep:
+            continue
+        budgets, top1 = top1_at_budgets(tables.study, tables.budgeted_by_seed, run)
+        rows += [
+            (run["dataset"], run["backbone"], name, run["variant"], run[name], budget, value)
+            for name in sweeps
+            for budget, value in zip(budgets, top1, strict=True)
+        ]
+    points = pd.DataFrame(rows, columns=[*SENSITIVITY_KEYS, "top1"]).dropna(subset=["top1"])
+    if points.empty:
+        return pd.DataFrame(columns=[*SENSITIVITY_KEYS, "top1_mean", "top1_std", "n_seeds"])
+    return summarise(points, SENSITIVITY_KEYS, ["top1"])
+
+
+def _budget_styles(budgets: list[float]) -> dict[float, Style]:
+    """joint_bilevel's marker, in shades of its colour: the larger the budget, the darker."""
+    base = style_of(JointBilevel.name)
+    shades = sns.light_palette(base.color, n_colors=len(budgets) + 2)[2:]
+    return {
+        budget: Style(_budget_label(budget), mpl.colors.to_hex(shade), base.marker)
+        for budget, shade in zip(budgets, shades, strict=True)
+    }
+
+
+def _draw_sweep(
+    ax: Axes, points: pd.DataFrame, sweep: Sweep, title: str, styles: dict[float, Style]
+) -> None:
+    """One line per budget against the swept value; a dotted line at the default variant's."""
+    ax.set_title(textwrap.fill(f"{sweep.symbol} sweep — {title}", TITLE_CHARS))
+    for budget, line in points.groupby("budget_mflops"):
+        style = styles[budget]
+        _draw_curve(ax, line, style, "value", label=style.label, markersize=5, linewidth=1.4)
+    default = points.loc[points["variant"] == "", "value"].unique()
+    for value in default:
+        ax.axvline(value, color="0.5", linestyle=":", linewidth=1.0, label="default variant")
+    if sweep.log:
+        ax.set_xscale("log")
+    values = sorted(points["value"].unique())
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.minorticks_off()
+    ax.set_xlabel(sweep.xlabel)
+    ax.set_ylabel("top-1 accuracy (%)")
+
+
+def fig_sensitivity(tables: StudyTables, out: Path) -> list[Path]:
+    """Top-1 at the Table 1 budgets vs λ (left) and T (right) of joint_bilevel; a row of panels
+    per dataset/backbone with a sweep, mean ± std over seeds; notes when there is none."""
+    points = sensitivity_points(tables)
+    pairs = list(dict.fromkeys(zip(points["dataset"], points["backbone"], strict=True)))
+    fig, axes = _figure(len(SWEEPS), rows=max(1, len(pairs)))
+    styles = _budget_styles(sorted(points["budget_mflops"].unique()))
+    panels = itertools.product(pairs or [None], SWEEPS)
+    for ax, (pair, sweep) in zip(axes, panels, strict=True):
+        if pair is None:
+            ax.set_title(f"{sweep.symbol} sweep")
+            _note(ax, NO_SWEEP_NOTE)
+            continue
+        dataset, backbone = pair
+        rows = points[
+            (points["dataset"] == dataset)
+            & (points["backbone"] == backbone)
+            & (points["hparam"] == sweep.hparam)
+        ]
+        title = f"{panel_title(tables, dataset)}, {backbone_label(backbone)}"
+        _draw_sweep(ax, rows, sweep, title, styles)
+    datasets = list(dict.fromkeys(dataset for dataset, _ in pairs)) or tables.datasets
+    _finish(fig, axes, f"{caption(tables, datasets)}. {SENSITIVITY_NOTE}")
+    return _save(fig, out, "fig_sensitivity", points)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -641,6 +753,13 @@ def build_figures(study: dict[str, Any], results_root: str | Path) -> list[Path]
     with mpl.rc_context(theme):
         return [
             path
-            for draw in (fig2_anytime, fig3_budgeted, fig4_posthoc, fig5_imagenet, table1_figure)
+            for draw in (
+                fig2_anytime,
+                fig3_budgeted,
+                fig4_posthoc,
+                fig5_imagenet,
+                table1_figure,
+                fig_sensitivity,
+            )
             for path in draw(tables, out)
         ]

@@ -22,8 +22,9 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Maps names to objects (classes or factories) of one kind."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -43,7 +44,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; registered {self.plural}: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:

@@ -7,8 +7,8 @@ every run that `expand_runs` lists and writes, under `<study dir>/tables/`:
   the columns of protocol.md;
 - `anytime_summary.csv`, `budgeted_summary.csv`, `table1_summary.csv`: mean, std and
   number of seeds per point (std is empty with one seed);
-- `runs.csv`: one row per run with what the captions need (features, epochs,
-  train subset, number of exits, cost of the last exit);
+- `runs.csv`: one row per run with what the captions and figures need (features, λ and
+  T of joint_bilevel, epochs, train subset, number of exits, cost of the last exit);
 - `paper_comparison.csv`: each row of the paper's reported numbers beside ours.
 
 "Top-1 at a budget B" is read from a run's budgeted curve (policy max_softmax) by
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eebench.methods.joint_bilevel import FEATURES
+from eebench.methods.joint_bilevel import FEATURES, JointBilevel
 from eebench.pipelines.config import RunSpec, expand_runs, load_run_config
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.protocol import accuracy_at_budget
@@ -46,7 +46,14 @@ COLUMNS: dict[str, list[str]] = {
     "budgeted": [*RUN_KEYS[:4], "policy", "seed", "p", "q", "mflops", "top1", "exit_fractions"],
     "table1": ["dataset", "backbone", "features", "seed", "budget_mflops", "top1"],
 }
-RUN_INDEX_COLUMNS = [*RUN_KEYS, "features", "epochs", "train_subset", "exits", "last_mflops"]
+#: joint_bilevel hyperparameters with a sensitivity sweep (variants that change only one).
+SWEEP_HPARAMS: tuple[str, ...] = ("lam", "temperature")
+RUN_INDEX_COLUMNS = [
+    *RUN_KEYS,
+    "features",
+    *SWEEP_HPARAMS,
+    *["epochs", "train_subset", "exits", "last_mflops"],
+]
 COMPARISON_COLUMNS = [
     *["dataset", "figure", "method", "backbone", "mode", "quantity", "budget_mflops"],
     *["paper_top1", "source", "ours_backbone", "ours_mflops", "ours_top1", "ours_top1_std"],
@@ -106,6 +113,18 @@ def is_table1_run(spec: RunSpec) -> bool:
     )
 
 
+def swept_hparam(spec: RunSpec) -> str | None:
+    """The one hyperparameter of SWEEP_HPARAMS that a joint_bilevel variant changes, else None
+    (also None for the default variant, which is a point of every sweep)."""
+    if spec.method != JointBilevel.name or not spec.variant:
+        return None
+    definition = JointBilevel.variant(spec.variant)
+    changed = list(definition.get("hparams", {}))
+    if set(definition) == {"hparams"} and len(changed) == 1 and changed[0] in SWEEP_HPARAMS:
+        return changed[0]
+    return None
+
+
 def features_label(features: Sequence[str] | None) -> str:
     """The '+'-joined gater features in canonical order, '' for methods without them."""
     if not features:
@@ -158,6 +177,7 @@ def _run_index_row(spec: RunSpec, config: dict[str, Any], anytime: pd.DataFrame)
     return {
         **{key: getattr(spec, key) for key in RUN_KEYS},
         "features": features_label(config["hparams"].get("features")),
+        **{name: config["hparams"].get(name) for name in SWEEP_HPARAMS},
         "epochs": config["recipe"]["epochs"],
         "train_subset": config.get("train_subset"),
         "exits": int(anytime["exit"].max()),
@@ -217,7 +237,7 @@ def table1_budgets(dataset_config: dict[str, Any], last_mflops: float) -> np.nda
     return np.round(np.asarray(fractions, dtype=np.float64) * last_mflops, 6)
 
 
-def _spec(run: pd.Series) -> RunSpec:
+def run_spec(run: pd.Series) -> RunSpec:
     """The RunSpec of a row of the run index."""
     return RunSpec(*(run[key] for key in RUN_KEYS))
 
@@ -236,21 +256,32 @@ def _curve(budgeted: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
     return rows[rows["policy"] == REFERENCE_POLICY]
 
 
+def top1_at_budgets(
+    study: dict[str, Any], budgeted: pd.DataFrame, run: pd.Series
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Table 1 budgets of a run (a row of the run index) and its top-1 at each, read from
+    its budgeted curve in `budgeted` (tidy rows of any runs) by `accuracy_at_budget`."""
+    budgets = table1_budgets(study["datasets"][run["dataset"]], run["last_mflops"])
+    curve = _curve(budgeted, run)
+    top1 = accuracy_at_budget(curve["mflops"].to_numpy(), curve["top1"].to_numpy(), budgets)
+    return budgets, top1
+
+
 def build_table1(study: dict[str, Any], results: StudyResults) -> pd.DataFrame:
     """Top-1 at the dataset's budgets of every Table 1 run, one row per seed and budget."""
     rows = []
     seen: set[tuple[str, str, str, int]] = set()
     for _, run in results.runs.iterrows():
         key = (run["dataset"], run["backbone"], run["features"], run["seed"])
-        if not is_table1_run(_spec(run)):
+        if not is_table1_run(run_spec(run)):
             continue
         if key in seen:
-            log.warning("table 1: %s repeats features %s; kept the first", _spec(run).path, key[2])
+            log.warning(
+                "table 1: %s repeats features %s; kept the first", run_spec(run).path, key[2]
+            )
             continue
         seen.add(key)
-        budgets = table1_budgets(study["datasets"][run["dataset"]], run["last_mflops"])
-        curve = _curve(results.budgeted, run)
-        top1 = accuracy_at_budget(curve["mflops"].to_numpy(), curve["top1"].to_numpy(), budgets)
+        budgets, top1 = top1_at_budgets(study, results.budgeted, run)
         rows += [(*key, b, t) for b, t in zip(budgets, top1, strict=True)]
     return pd.DataFrame(rows, columns=COLUMNS["table1"])
 
@@ -271,7 +302,7 @@ def _matching_runs(runs: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
     mask &= runs["backbone"].map(backbone_family) == row["backbone"]
     if features is None:
         return runs[mask & (runs["variant"] == "")]
-    table1 = runs.apply(lambda run: is_table1_run(_spec(run)), axis=1)
+    table1 = runs.apply(lambda run: is_table1_run(run_spec(run)), axis=1)
     return runs[mask & table1 & (runs["features"] == features_label(features.split("+")))]
 
 

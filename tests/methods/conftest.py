@@ -1,4 +1,5 @@
-"""Test doubles for method tests: tiny multi-exit networks and a plain-SGD StepEngine."""
+"""Test doubles for method tests: tiny multi-exit networks and their batches, a plain-SGD
+StepEngine, and a builder of any train method on them."""
 
 from __future__ import annotations
 
@@ -6,18 +7,26 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from eebench.methods import TrainContext, TrainMethod
+
 torch.set_num_threads(1)
+
+#: Classes of the tiny runs: TinyConvExits, make_batch and build_method default to it.
+NUM_CLASSES = 3
 
 
 class TinyConvExits(nn.Module):
     """Three exits on 1×8×8 inputs, with BatchNorm so that eval/train mode matters."""
 
-    def __init__(self, num_classes: int = 3) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         super().__init__()
         self.stages = nn.ModuleList(
             [
@@ -35,12 +44,16 @@ class TinyConvExits(nn.Module):
             for c in (4, 6, 8)
         )
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> list[torch.Tensor]:
-        logits = []
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-exit logits, and (like the real backbones) the pooled pre-classifier features."""
+        logits, features = [], []
         for stage, head in zip(self.stages, self.heads, strict=True):
             x = stage(x)
-            logits.append(head(x))
-        return logits
+            features.append(head[:-1](x))
+            logits.append(head[-1](features[-1]))
+        return (logits, features) if return_features else logits
 
 
 class LinearThenMLPExits(nn.Module):
@@ -106,19 +119,55 @@ class FakeEngine:
         self.steps[handle.name] += 1
 
 
+def make_batch(
+    n: int = 8, soft: bool = False, num_classes: int = NUM_CLASSES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random 1×8×8 inputs with hard labels (n,), or Mixup-like soft targets (n, classes)."""
+    x = torch.randn(n, 1, 8, 8)
+    y = torch.randint(0, num_classes, (n,))
+    if not soft:
+        return x, y
+    one_hot = F.one_hot(y, num_classes).float()
+    return x, 0.7 * one_hot + 0.3 * one_hot.roll(1, dims=0)
+
+
+def build_method(
+    cls: type[TrainMethod],
+    hparams: dict[str, Any],
+    backbone: nn.Module | None = None,
+    mflops: tuple[float, ...] = (1.0, 2.0, 4.0),
+    engine_lr: float = 0.1,
+) -> tuple[TrainMethod, FakeEngine]:
+    """A configured `cls` on `backbone` (default: TinyConvExits) and its engine double.
+
+    The context is a tiny CIFAR-family run with these cumulative MFLOPs per exit.
+    """
+    ctx = TrainContext(
+        num_classes=NUM_CLASSES,
+        exit_mflops=np.asarray(mflops),
+        family="cifar",
+        steps_per_epoch=10,
+        epochs=1,
+    )
+    method = cls(backbone if backbone is not None else TinyConvExits(), hparams, ctx)
+    engine = FakeEngine(method, lr=engine_lr)
+    method.configure(engine)
+    return method, engine
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
 
 
 @pytest.fixture
-def engine_cls() -> type[FakeEngine]:
-    return FakeEngine
+def batch() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    return make_batch
 
 
 @pytest.fixture
-def tiny_conv_cls() -> type[TinyConvExits]:
-    return TinyConvExits
+def make_method() -> Callable[..., tuple[TrainMethod, FakeEngine]]:
+    return build_method
 
 
 @pytest.fixture

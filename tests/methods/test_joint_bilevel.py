@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eebench.methods import TRAIN_METHODS, HyperparameterError, TrainContext
+from eebench.methods import TRAIN_METHODS, HyperparameterError
 from eebench.methods.base import per_sample_cross_entropy
 from eebench.methods.joint_bilevel import (
     EPS,
@@ -27,11 +27,13 @@ from eebench.methods.joint_bilevel import (
 
 NUM_CLASSES = 3
 Build = Callable[..., tuple[JointBilevel, Any]]
+Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @pytest.fixture
-def build(engine_cls: type, tiny_conv_cls: type) -> Build:
-    """A configured method on a given (default: tiny conv) backbone, and its engine double."""
+def build(make_method: Callable[..., tuple[Any, Any]]) -> Build:
+    """A configured method on a given (default: tiny conv) backbone, and its engine double;
+    keyword arguments other than backbone, mflops and engine_lr override hyperparameters."""
 
     def make(
         backbone: nn.Module | None = None,
@@ -39,30 +41,10 @@ def build(engine_cls: type, tiny_conv_cls: type) -> Build:
         engine_lr: float = 0.1,
         **overrides: Any,
     ) -> tuple[JointBilevel, Any]:
-        backbone = backbone if backbone is not None else tiny_conv_cls(NUM_CLASSES)
-        ctx = TrainContext(
-            num_classes=NUM_CLASSES,
-            exit_mflops=np.asarray(mflops),
-            family="cifar",
-            steps_per_epoch=10,
-            epochs=1,
-        )
-        hparams = {"hidden": 16, **overrides}
-        method = JointBilevel(backbone, JointBilevel.resolve_hparams("cifar", hparams), ctx)
-        engine = engine_cls(method, lr=engine_lr)
-        method.configure(engine)
-        return method, engine
+        hparams = JointBilevel.resolve_hparams("cifar", {"hidden": 16, **overrides})
+        return make_method(JointBilevel, hparams, backbone, mflops, engine_lr)
 
     return make
-
-
-def batch(n: int = 8, soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.randn(n, 1, 8, 8)
-    y = torch.randint(0, NUM_CLASSES, (n,))
-    if not soft:
-        return x, y
-    one_hot = F.one_hot(y, NUM_CLASSES).float()
-    return x, 0.7 * one_hot + 0.3 * one_hot.roll(1, dims=0)  # Mixup-like soft targets
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -250,7 +232,7 @@ def test_variants() -> None:
 # --------------------------------------------------------------------------- the two steps
 
 
-def test_theta_step_moves_theta_not_phi(build: Build) -> None:
+def test_theta_step_moves_theta_not_phi(build: Build, batch: Batch) -> None:
     method, engine = build()
     theta, phi = snapshot(method.backbone), snapshot(method.gater)
     method.theta_step(*batch(), engine)
@@ -259,7 +241,7 @@ def test_theta_step_moves_theta_not_phi(build: Build) -> None:
     assert engine.steps == {"backbone": 1}
 
 
-def test_phi_step_moves_phi_not_theta(build: Build) -> None:
+def test_phi_step_moves_phi_not_theta(build: Build, batch: Batch) -> None:
     method, engine = build()
     seen: list[torch.Tensor] = []
     method.backbone.register_forward_hook(lambda _m, _i, out: seen.extend(out))
@@ -277,7 +259,7 @@ def test_phi_step_moves_phi_not_theta(build: Build) -> None:
     assert engine.steps == {"gater": 1}
 
 
-def test_theta_gradient_flows_through_A(build: Build) -> None:
+def test_theta_gradient_flows_through_A(build: Build, batch: Batch) -> None:
     method, engine = build()
     x, y = batch()
     backbone, gater = copy.deepcopy(method.backbone), copy.deepcopy(method.gater)
@@ -300,14 +282,14 @@ def test_theta_gradient_flows_through_A(build: Build) -> None:
     assert any(not torch.allclose(f, d) for f, d in zip(full, detached, strict=True))
 
 
-def test_phi_schedule_over_an_epoch(build: Build) -> None:
+def test_phi_schedule_over_an_epoch(build: Build, batch: Batch) -> None:
     method, engine = build(phi_interval=10)
     for step in range(25):
         method.training_step(*batch(6), step, engine)
     assert engine.steps == {"backbone": 50, "gater": 6}  # φ at steps 0, 10, 20, two halves each
 
 
-def test_order_halves_and_modes_within_a_batch(build: Build) -> None:
+def test_order_halves_and_modes_within_a_batch(build: Build, batch: Batch) -> None:
     method, engine = build(phi_interval=3)
     calls: list[tuple[torch.Tensor, bool]] = []
     method.backbone.register_forward_hook(lambda m, i, _o: calls.append((i[0], m.training)))
@@ -327,7 +309,7 @@ def test_order_halves_and_modes_within_a_batch(build: Build) -> None:
 
 
 @pytest.mark.parametrize("soft", [False, True])
-def test_hard_and_soft_targets_train(build: Build, soft: bool) -> None:
+def test_hard_and_soft_targets_train(build: Build, soft: bool, batch: Batch) -> None:
     method, engine = build(phi_interval=2, engine_lr=0.2)
     x, y = batch(16, soft=soft)
     outputs = [method.training_step(x, y, step, engine) for step in range(40)]
@@ -340,7 +322,7 @@ def test_hard_and_soft_targets_train(build: Build, soft: bool) -> None:
 
 
 @pytest.mark.parametrize("n", [5, 1])
-def test_odd_and_single_sample_batches(build: Build, n: int) -> None:
+def test_odd_and_single_sample_batches(build: Build, n: int, batch: Batch) -> None:
     method, engine = build()
     x, y = batch(n)
     out = method.training_step(x, y, 0, engine)
@@ -353,7 +335,7 @@ def test_odd_and_single_sample_batches(build: Build, n: int) -> None:
     assert math.isfinite(out.loss)
 
 
-def test_step_output_logits_are_the_full_batch_in_order(build: Build) -> None:
+def test_step_output_logits_are_the_full_batch_in_order(build: Build, batch: Batch) -> None:
     method, engine = build()
     x, y = batch(6)
     method.eval()  # compare against an eval forward: make the θ-steps change nothing
@@ -366,7 +348,7 @@ def test_step_output_logits_are_the_full_batch_in_order(build: Build) -> None:
     torch.testing.assert_close(out.logits[0], torch.cat(expected))
 
 
-def test_frozen_variant_trains_only_the_gater(build: Build) -> None:
+def test_frozen_variant_trains_only_the_gater(build: Build, batch: Batch) -> None:
     method, engine = build(frozen_backbone=True)
     assert method.backbone_parameters() == []
     method.train()

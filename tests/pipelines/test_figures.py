@@ -1,5 +1,6 @@
 """build_figures on fake tables: every file written and non-empty, Table 1 as Markdown and
-LaTeX, captions, fixed styles, and no crash when methods or datasets are missing."""
+LaTeX, the λ/T sensitivity points, captions, fixed styles, and no crash when methods or
+datasets are missing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,6 +17,8 @@ from eebench.pipelines.figures import (
     STYLES,
     backbone_label,
     build_figures,
+    fig_sensitivity,
+    load_tables,
     style_of,
 )
 from eebench.pipelines.tables import build_tables, read_table
@@ -75,6 +79,43 @@ def test_figure_data_csvs_hold_the_points_drawn(figures: Path) -> None:
     fig2 = read_table(figures / "fig2_anytime.csv")
     assert set(fig2["method"]) == {"standard", "joint_bilevel"}
     assert set(fig2["variant"]) == {""}
+
+
+def test_sensitivity_without_a_sweep_draws_notes_and_no_points(figures: Path) -> None:
+    assert (figures / "fig_sensitivity.png").read_bytes().startswith(PNG_MAGIC)
+    points = read_table(figures / "fig_sensitivity.csv")
+    assert points.empty
+    assert {"hparam", "value", "budget_mflops", "top1_mean", "top1_std"} <= set(points.columns)
+
+
+def test_sensitivity_points_are_top1_at_the_table1_budgets_per_lam_and_T(
+    make_study: Callable[..., dict[str, Any]], make_results: Callable[[dict[str, Any]], Path]
+) -> None:
+    study = make_study()
+    sweep = {"method": "joint_bilevel", "variants": ["lam=0.5", "lam=4", "T=1"]}
+    study["runs"].append({**sweep, "backbones": ["msdnet_cifar"]})
+    root = make_results(study)
+    build_tables(study, root)
+    paths = fig_sensitivity(load_tables(study, root), root / "figures")
+    assert [p.name for p in paths] == [f"fig_sensitivity.{ext}" for ext in ("png", "pdf", "csv")]
+    assert (root / "figures" / "fig_sensitivity.pdf").read_bytes().startswith(b"%PDF")
+    points = read_table(root / "figures" / "fig_sensitivity.csv")
+    # RANet has no sweep; the default variant (λ=2, T=0.5 in its config) is in both panels;
+    # 5 MFLOPs is below every curve, so there is no point for it.
+    assert set(points["backbone"]) == {"msdnet_cifar"}
+    assert set(points["budget_mflops"]) == {30.0, 50.0, 70.0, 90.0}
+    at_30 = points[points["budget_mflops"] == 30.0].set_index(["hparam", "value"])
+    assert sorted(at_30.loc["lam"].index) == [0.5, 2.0, 4.0]
+    assert sorted(at_30.loc["temperature"].index) == [0.5, 1.0]
+    # Fake curve at 30 MFLOPs: 50 + 20/12, +2 (joint_bilevel), +0.5 (mean of seeds 0 and 1),
+    # plus the variant's shift (lam=0.5: −1, lam=4: +1.5, T=1: +0.5).
+    base = 50.0 + 20 / 12 + 2.5
+    expected = {("lam", 0.5): -1.0, ("lam", 2.0): 0.0, ("lam", 4.0): 1.5, ("temperature", 1.0): 0.5}
+    for key, shift in expected.items():
+        assert at_30.loc[key, "top1_mean"] == pytest.approx(base + shift), key
+    assert at_30["top1_std"].tolist() == pytest.approx([np.sqrt(0.5)] * len(at_30))
+    assert at_30["n_seeds"].tolist() == [2] * len(at_30)
+    assert at_30.loc[("temperature", 0.5), "variant"] == ""
 
 
 def test_stand_in_dataset_fills_the_imagenet_figure(

@@ -1,0 +1,423 @@
+"""Training and evaluation throughput of our MSDNet/RANet against the original code.
+
+For `msdnet_cifar` and `ranet_cifar` with 100 classes (3×32×32 inputs), on the CPU
+(`--threads`, default 2) and, when `torch.cuda.is_available()`, on the GPU:
+
+- training: one SGD step (lr 0.1, momentum 0.9, weight decay 1e-4) on the sum of the
+  exits' cross-entropies, batch 64, after `--warmup` (3) warm-up steps;
+- evaluation: one forward of all exits, batch 256, without gradients.
+
+Implementations: `reference` is the original code (kalviny/MSDNet-PyTorch
+`models/msdnet.py`, yangle15/RANet-pytorch `models/RANet.py`), imported from the folders
+given by `--reference-msdnet` / `--reference-ranet` and built with the args namespace of
+our config (backbones.md §1); without a folder that side is skipped. `ours` is our model
+as the reference runs it (eager, NCHW, BatchNorm, `no_grad`); the other rows add one speed
+option each: `channels_last`; for evaluation `fast` = `inference_mode` + `fold_batchnorm`
++ channels_last (the fastest numerically equal eval path; the script checks that its
+logits match the plain ones); `--compile` adds `torch.compile` rows (eval with inductor
+weight freezing) and reports the one-off compile time as `prep_s`.
+
+How to read it: the machine is shared, so absolute img/s drift with the load. Only
+numbers from one run are comparable: within a (device, model, mode) group the variants
+are timed in interleaved rounds (one step each, rotating order) and `ratio` is the median
+over rounds of t(reference)/t(variant), i.e. > 1 means faster than the original code.
+`img_s` is batch / median step time. `peak_frac` is the achieved FLOP rate over the
+fp32 matmul peak measured in the same run (best of a few n×n `torch.mm`): FLOPs per image
+= 2 × the MSDNet-convention count of `exit_mflops(name, 100)[-1]` (which counts one
+multiply-accumulate as 1), training = 3 × forward. Results go to
+`benchmarks/results/backbone_speed.csv`.
+
+    python benchmarks/backbone_speed.py --reference-msdnet /tmp/refs/MSDNet-PyTorch \\
+        --reference-ranet /tmp/refs/RANet-pytorch [--repeats 5 --threads 2 --compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib.util
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eebench.backbones import MultiExitNet, create_model, fold_batchnorm
+from eebench.backbones.flops import exit_mflops
+from eebench.pipelines.io import write_csv
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "backbone_speed.csv"
+MODELS = ("msdnet_cifar", "ranet_cifar")
+NUM_CLASSES = 100  # the references take the class count from their dataset name: cifar100
+TRAIN_FACTOR = 3  # a training step ≈ forward + backward (2× forward)
+EQUAL_TOL = 1e-4  # max |Δlogit| / max |logit| for the "numerically equal" eval options
+
+# Where each reference model lives in its repository, and the args namespace that builds
+# our config there (the repos' args.py names; backbones.md §1).
+REFERENCES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "msdnet_cifar": (
+        "models/msdnet.py",
+        "MSDNet",
+        {
+            "nBlocks": 7,
+            "stepmode": "lin_grow",
+            "step": 1,
+            "base": 1,
+            "nChannels": 16,
+            "growthRate": 6,
+            "grFactor": [1, 2, 4],
+            "bnFactor": [1, 2, 4],
+            "nScales": 3,
+            "prune": "max",
+            "reduction": 0.5,
+            "bottleneck": True,
+            "data": "cifar100",
+        },
+    ),
+    "ranet_cifar": (
+        "models/RANet.py",
+        "RANet",
+        {
+            "nBlocks": 2,
+            "block_step": 2,
+            "step": 4,
+            "stepmode": "even",
+            "scale_list": [1, 2, 3, 3],
+            "grFactor": [4, 2, 1, 1],
+            "bnFactor": [4, 2, 1, 1],
+            "nScales": 4,
+            "nChannels": 16,
+            "growthRate": 6,
+            "compress_factor": 0.25,
+            "reduction": 0.5,
+            "bnAfter": True,
+            "data": "cifar100",
+        },
+    ),
+}
+
+Step = Callable[[], Any]
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_reference(name: str, repo: Path) -> nn.Module:
+    """Import the reference model file from `repo` (never copied) and build `name`."""
+    relpath, class_name, kwargs = REFERENCES[name]
+    path = repo / relpath
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass the exported repository's root folder")
+    spec = importlib.util.spec_from_file_location(f"_reference_{name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with contextlib.redirect_stdout(io.StringIO()):  # MSDNet prints its layer plan
+        return getattr(module, class_name)(SimpleNamespace(**kwargs))
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def to_channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
+    return model.to(memory_format=torch.channels_last), x.contiguous(
+        memory_format=torch.channels_last
+    )
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
+    """One SGD step on Σ_k CE(z_k, y), the reference recipe (methods.md §7)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+    def step() -> None:
+        model.train()  # the reference model serves both modes
+        optimizer.zero_grad(set_to_none=True)
+        loss = sum(F.cross_entropy(z, y) for z in model(x))
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def eval_step(model: nn.Module, x: Tensor, inference: bool) -> Step:
+    """All exits of one batch; `no_grad` as the references' validation, or `inference_mode`."""
+
+    def step() -> list[Tensor]:
+        model.eval()
+        with torch.inference_mode() if inference else torch.no_grad():
+            return model(x)
+
+    return step
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Variant:
+    """One implementation with one set of speed options, timed on one (model, mode)."""
+
+    impl: str
+    options: str
+    step: Step
+    prep_s: float = 0.0
+    checked: bool = False  # must reproduce the plain eval logits
+    times: list[float] = field(default_factory=list)
+    max_rel_diff: float = float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step: Step, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def run_interleaved(
+    variants: list[Variant], device: torch.device, warmup: int, repeats: int
+) -> None:
+    """Warm every variant up, then time one step of each per round, rotating the order."""
+    for v in variants:
+        first = timed(v.step, device)  # includes compilation, cuDNN/oneDNN set-up
+        for _ in range(warmup - 1):
+            timed(v.step, device)
+        v.prep_s += first
+    for r in range(repeats):
+        for i in range(len(variants)):
+            v = variants[(r + i) % len(variants)]
+            v.times.append(timed(v.step, device))
+    for v in variants:  # a first call's extra time over a normal step is the one-off cost
+        v.prep_s = max(v.prep_s - statistics.median(v.times), 0.0)
+
+
+def measure_peak(device: torch.device, n: int, repeats: int) -> float:
+    """Best fp32 FLOP/s of an n×n×n torch.mm (2n³ FLOPs), in GFLOP/s."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def check_equal(reference: list[Tensor], fast: list[Tensor], what: str) -> float:
+    """Largest |Δlogit| relative to the largest |logit|; fail above EQUAL_TOL."""
+    scale = max(float(z.abs().max()) for z in reference)
+    pairs = zip(reference, fast, strict=True)
+    rel = max(float((a - b.float()).abs().max()) for a, b in pairs) / scale
+    if rel > EQUAL_TOL:
+        raise AssertionError(f"{what}: logits differ by {rel:.2e} (relative), > {EQUAL_TOL}")
+    return rel
+
+
+def train_variants(
+    ours: MultiExitNet, ref: nn.Module | None, x: Tensor, y: Tensor, compile_: bool
+) -> list[Variant]:
+    """Reference, ours as the reference runs, then one speed option per row."""
+    variants = []
+    if ref is not None:
+        variants.append(Variant("reference", "eager", train_step(ref, x, y)))
+    variants.append(Variant("ours", "eager", train_step(copy.deepcopy(ours), x, y)))
+    model, x_cl = to_channels_last(copy.deepcopy(ours), x)
+    variants.append(Variant("ours", "channels_last", train_step(model, x_cl, y)))
+    if compile_:
+        model, x_cl = to_channels_last(copy.deepcopy(ours), x)
+        step = train_step(torch.compile(model), x_cl, y)
+        variants.append(Variant("ours", "channels_last+compile", step))
+    return variants
+
+
+def eval_variants(
+    ours: MultiExitNet, ref: nn.Module | None, x: Tensor, compile_: bool
+) -> list[Variant]:
+    """Reference, ours as the reference runs, the fast path, optionally compiled.
+
+    Variants with `checked` set must reproduce the plain logits (`check_equal`).
+    """
+    variants = []
+    if ref is not None:
+        variants.append(Variant("reference", "eager", eval_step(ref, x, inference=False)))
+    variants.append(Variant("ours", "eager", eval_step(copy.deepcopy(ours), x, inference=False)))
+    start = time.perf_counter()
+    fast, x_cl = to_channels_last(fold_batchnorm(ours), x)
+    prep = time.perf_counter() - start
+    variants.append(
+        Variant("ours", "fast", eval_step(fast, x_cl, inference=True), prep_s=prep, checked=True)
+    )
+    if compile_:
+        step = eval_step(torch.compile(fast), x_cl, inference=True)
+        variants.append(Variant("ours", "fast+compile", step, prep_s=prep, checked=True))
+    return variants
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def bench_model(
+    name: str, ref_repo: Path | None, device: torch.device, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Time every train and eval variant of one model on one device; one row per variant."""
+    torch.manual_seed(args.seed)
+    ours = create_model(name, NUM_CLASSES).to(device)
+    ref = None
+    if ref_repo is None:
+        flag = "--reference-" + name.split("_")[0]
+        print(f"[{name}] no {flag} DIR given: skipping the reference side")
+    else:
+        ref = load_reference(name, ref_repo).to(device)
+        if n_params(ref) != n_params(ours):
+            raise AssertionError(
+                f"{name}: reference has {n_params(ref)} parameters, ours "
+                f"{n_params(ours)}: not the same architecture"
+            )
+    gen = torch.Generator().manual_seed(args.seed)
+    x_train = torch.randn(args.train_batch, 3, 32, 32, generator=gen).to(device)
+    y_train = torch.randint(0, NUM_CLASSES, (args.train_batch,), generator=gen).to(device)
+    x_eval = torch.randn(args.eval_batch, 3, 32, 32, generator=gen).to(device)
+    gflop_fwd = 2 * float(exit_mflops(name, NUM_CLASSES)[-1]) / 1e3  # per image, 2 × MACs
+
+    rows = []
+    groups: list[tuple[str, int, int, int, Callable[[], list[Variant]]]] = [
+        (
+            "train",
+            args.train_batch,
+            args.warmup,
+            TRAIN_FACTOR,
+            lambda: train_variants(ours, ref, x_train, y_train, args.compile),
+        ),
+        (
+            "eval",
+            args.eval_batch,
+            args.eval_warmup,
+            1,
+            lambda: eval_variants(ours, ref, x_eval, args.compile),
+        ),
+    ]
+    for mode, batch, warmup, factor, build in groups:
+        variants = build()
+        print(f"[{name}] {mode}: {len(variants)} variants × {args.repeats} rounds", flush=True)
+        run_interleaved(variants, device, warmup, args.repeats)
+        if mode == "eval":
+            expected = variants[1 if ref is not None else 0].step()
+            for v in variants:
+                if v.checked:
+                    v.max_rel_diff = check_equal(expected, v.step(), f"{name} {v.options}")
+        base = variants[0].times if ref is not None else None
+        for v in variants:
+            median = statistics.median(v.times)
+            ratio = (
+                statistics.median(b / t for b, t in zip(base, v.times, strict=True))
+                if base is not None
+                else float("nan")
+            )
+            rows.append(
+                {
+                    "device": str(device),
+                    "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                    "model": name,
+                    "mode": mode,
+                    "impl": v.impl,
+                    "options": v.options,
+                    "batch": batch,
+                    "rounds": len(v.times),
+                    "median_s": median,
+                    "img_s": batch / median,
+                    "ratio": ratio,
+                    "gflop_per_img": gflop_fwd * factor,
+                    "achieved_gflop_s": gflop_fwd * factor * batch / median,
+                    "prep_s": v.prep_s,
+                    "max_rel_diff": v.max_rel_diff,
+                }
+            )
+    return rows
+
+
+def devices(requested: list[str]) -> list[torch.device]:
+    chosen = []
+    for name in requested:
+        if name == "cuda" and not torch.cuda.is_available():
+            print("CUDA is not available: GPU measurements skipped")
+            continue
+        chosen.append(torch.device(name))
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reference-msdnet", type=Path, help="exported kalviny/MSDNet-PyTorch")
+    parser.add_argument("--reference-ranet", type=Path, help="exported yangle15/RANet-pytorch")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument("--eval-batch", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=3, help="training warm-up steps")
+    parser.add_argument("--eval-warmup", type=int, default=1, help="eval warm-up forwards")
+    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile rows (minutes of one-off compilation per model and mode)",
+    )
+    parser.add_argument("--peak-size", type=int, default=2048, help="n of the n×n peak matmul")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if min(args.warmup, args.eval_warmup, args.repeats) < 1:
+        parser.error("--warmup, --eval-warmup and --repeats must be >= 1")
+    torch.set_num_threads(args.threads)
+    if args.compile:  # inference graphs only: prepacked oneDNN convs with fused ReLU
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+    refs = {"msdnet_cifar": args.reference_msdnet, "ranet_cifar": args.reference_ranet}
+
+    rows = []
+    for device in devices(args.devices):
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # both sides get cuDNN's autotuner
+        peaks = [measure_peak(device, args.peak_size, 5)]
+        device_rows = []
+        for name in args.models:
+            device_rows += bench_model(name, refs[name], device, args)
+            peaks.append(measure_peak(device, args.peak_size, 5))
+        peak = max(peaks)  # the least disturbed measurement of this run
+        measured = ", ".join(f"{p:.1f}" for p in peaks)
+        print(f"{device}: fp32 matmul peak {peak:.1f} GFLOP/s (n={args.peak_size}; {measured})")
+        for row in device_rows:
+            row["peak_gflop_s"] = peak
+            row["peak_frac"] = row["achieved_gflop_s"] / peak
+        rows += device_rows
+    table = pd.DataFrame(rows)
+    write_csv(args.out, table)
+    show = table[["device", "model", "mode", "impl", "options", "img_s", "ratio", "peak_frac",
+                  "prep_s", "max_rel_diff"]]  # fmt: skip
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(show.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"ratio = median over rounds of t(reference)/t(row); written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main()

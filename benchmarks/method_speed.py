@@ -1,0 +1,161 @@
+"""Training-epoch time of `joint_bilevel` against `standard`, through the real training engine.
+
+Both methods train `msdnet_fmnist` (10 classes, 1×28×28) on the same data: the first
+`--train-images` (2,000) training images of Fashion-MNIST (`--dataset synthetic`: a
+synthetic 28×28, 10-class set of the same size, when the files are not installed), batch
+64, the `fmnist` recipe (SGD 0.1, cosine; epochs set long enough that the schedule barely
+moves), on the CPU with `--threads` (default 1) torch threads. Each method gets its own
+`Trainer` (the StepEngine: optimizers, schedules, finite-loss checks) built from a run
+config as `tests/pipelines/test_train.py::make_run` builds one, and the timed unit is the
+Trainer's training loop over one epoch (`Trainer._train_epoch`: batches, augmentation,
+learning rates, `method.training_step`, the epoch meter). Validation and checkpoints are
+not timed: they cost both methods the same.
+
+How to read it: `standard` is one step on Σ_k CE per batch; `joint_bilevel` makes two
+θ-steps on half-batches per batch and, every `phi_interval` (10) batches, two φ-steps
+that add two no-grad forwards of half a batch. After one untimed warm-up epoch each, the
+two methods alternate epoch by epoch (`--repeats` rounds, rotating who goes first);
+the table gives median epoch seconds and the ratio is the median over rounds of
+t(joint_bilevel)/t(standard) (goal <= 1.15). Results go to
+`benchmarks/results/method_speed.csv`.
+
+    python benchmarks/method_speed.py [--repeats 5 --threads 1 --train-images 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from eebench.pipelines.io import write_csv
+from eebench.pipelines.recipes import RECIPES
+from eebench.pipelines.train import EpochMeter, Trainer
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "method_speed.csv"
+METHODS = ("standard", "joint_bilevel")
+BACKBONE = "msdnet_fmnist"
+GOAL = 1.15
+
+
+def make_run(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """A complete run config (the fields of the run schema) for one method."""
+    recipe = RECIPES.get("fmnist").with_overrides({"epochs": 100, "batch_size": args.batch_size})
+    synthetic = args.dataset == "synthetic"
+    return {
+        "study": "method_speed",
+        "dataset": args.dataset,
+        "data_root": str(args.data_root),
+        "split_seed": 0,
+        "backbone": BACKBONE,
+        "activation": "relu",
+        "method": method,
+        "variant": "",
+        "seed": 0,
+        "recipe": recipe.to_dict(),
+        "hparams": {},
+        "train_subset": None if synthetic else args.train_images,
+        "init_from": None,
+        "source": None,
+        "device": "cpu",
+        "num_workers": 0,
+        "checkpoint_every_steps": 10**9,  # no checkpoint inside the timed epochs
+        "selection": "final",
+        "features_subset": 64,
+        "synthetic": (
+            {
+                "num_classes": 10,
+                "image_size": 28,
+                "n_train": args.train_images,
+                "n_val": 256,
+                "n_test": 256,
+            }
+            if synthetic
+            else None
+        ),
+    }
+
+
+def time_epoch(trainer: Trainer, epoch: int) -> float:
+    """The Trainer's own loop over one training epoch, without validation or checkpoints."""
+    start = time.perf_counter()
+    trainer._train_epoch(epoch, 0, EpochMeter(), 10**9, [], {})
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", choices=["fashion_mnist", "synthetic"], default="fashion_mnist"
+    )
+    parser.add_argument("--data-root", type=Path, default=Path("data"))
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=5, help="timed epochs per method")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for method in METHODS:
+            run_dir = Path(tmp) / method
+            trainers[method] = Trainer(make_run(method, args), run_dir, Path(tmp) / "splits")
+        steps = trainers["standard"].steps_per_epoch
+        print(
+            f"{BACKBONE} on {args.dataset}: {steps} batches of {args.batch_size} per epoch, "
+            f"{args.threads} thread(s), {args.repeats} interleaved rounds after 1 warm-up epoch"
+        )
+        for trainer in trainers.values():
+            time_epoch(trainer, 0)
+        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        for r in range(args.repeats):
+            order = METHODS if r % 2 == 0 else METHODS[::-1]
+            for method in order:
+                times[method].append(time_epoch(trainers[method], r + 1))
+            print(f"round {r + 1}: " + ", ".join(f"{m} {times[m][-1]:.2f} s" for m in METHODS))
+
+    ratios = [j / s for s, j in zip(times["standard"], times["joint_bilevel"], strict=True)]
+    ratio = statistics.median(ratios)
+    rows = [
+        {
+            "backbone": BACKBONE,
+            "dataset": args.dataset,
+            "train_images": steps * args.batch_size,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "method": method,
+            "rounds": args.repeats,
+            "median_epoch_s": statistics.median(times[method]),
+            "min_epoch_s": min(times[method]),
+            "images_per_s": steps * args.batch_size / statistics.median(times[method]),
+            "ratio_vs_standard": 1.0 if method == "standard" else ratio,
+        }
+        for method in METHODS
+    ]
+    table = pd.DataFrame(rows)
+    write_csv(args.out, table)
+    show = table[["method", "median_epoch_s", "min_epoch_s", "images_per_s", "ratio_vs_standard"]]
+    print(show.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    verdict = "meets" if ratio <= GOAL else "misses"
+    print(
+        f"joint_bilevel / standard = {ratio:.3f} (median of per-round ratios "
+        f"{', '.join(f'{v:.3f}' for v in ratios)}): {verdict} the goal <= {GOAL}"
+    )
+    print(f"written to {args.out}")
+    return table
+
+
+if __name__ == "__main__":
+    main()
