@@ -189,6 +189,27 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.branch(x)], dim=1)
 
 
+def cat_channels(tensors: Sequence[Tensor]) -> Tensor:
+    """Channel concatenation (dim 1) that keeps a channels_last layout.
+
+    torch.cat returns NCHW unless all inputs suggest the same layout, and a 1-channel map
+    is ambiguous (its channel stride is free): RANet's fusion branch has ⌊6·0.25⌋ = 1
+    channel in ranet_cifar's flows 2-3, came back NCHW-strided, and every conv after such
+    a cat then copied its input back to channels_last. When the first input is
+    channels_last, any input that is not gets re-strided first (for the 1-channel maps, a
+    copy of one channel). Values are those of torch.cat; NCHW inputs take torch.cat as is.
+    """
+    first = tensors[0]
+    if first.shape[1] > 1 and first.stride(1) == 1:  # channels_last; NCHW has stride H·W
+        tensors = [t if t.stride(1) == 1 else _restride_channels_last(t) for t in tensors]
+    return torch.cat(list(tensors), dim=1)
+
+
+def _restride_channels_last(x: Tensor) -> Tensor:
+    """A channels_last copy, also of a 1-channel map (`contiguous` would return x itself)."""
+    return torch.empty_like(x, memory_format=torch.channels_last).copy_(x)
+
+
 def resize_to(x: Tensor, ref: Tensor) -> Tensor:
     """Bilinear resize (align_corners=True, as the reference) to the spatial size of `ref`.
 

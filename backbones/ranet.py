@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import torch
 from torch import Tensor, nn
 
 from eebench.backbones.common import (
@@ -26,6 +25,7 @@ from eebench.backbones.common import (
     MultiExitNet,
     PyramidStem,
     State,
+    cat_channels,
     floor_mul,
     he_init_,
     make_stem_layer,
@@ -166,7 +166,7 @@ class FusionLayer(nn.Module):
             x = resize_to(x, a)
         if self.resize_cross:
             b = resize_to(b, a)
-        return torch.cat([x, b, a], dim=1)
+        return cat_channels([x, b, a])
 
 
 class FusionBlock(nn.Module):
@@ -218,7 +218,7 @@ class FusionBlock(nn.Module):
         extra = self.last(fused[-1])
         if self.resize_last:
             extra = resize_to(extra, x)
-        return self.transition(torch.cat([x, extra], dim=1)), exports
+        return self.transition(cat_channels([x, extra])), exports
 
 
 class RANetStage(nn.Module):

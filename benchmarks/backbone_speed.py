@@ -7,25 +7,32 @@ For `msdnet_cifar` and `ranet_cifar` with 100 classes (3×32×32 inputs), on the
   exits' cross-entropies, batch 64, after `--warmup` (3) warm-up steps;
 - evaluation: one forward of all exits, batch 256, without gradients.
 
-Implementations: `reference` is the original code (kalviny/MSDNet-PyTorch
-`models/msdnet.py`, yangle15/RANet-pytorch `models/RANet.py`), imported from the folders
-given by `--reference-msdnet` / `--reference-ranet` and built with the args namespace of
-our config (backbones.md §1); without a folder that side is skipped. `ours` is our model
-as the reference runs it (eager, NCHW, BatchNorm, `no_grad`); the other rows add one speed
-option each: `channels_last`; for evaluation `fast` = `inference_mode` + `fold_batchnorm`
-+ channels_last (the fastest numerically equal eval path; the script checks that its
-logits match the plain ones); `--compile` adds `torch.compile` rows (eval with inductor
-weight freezing) and reports the one-off compile time as `prep_s`.
+Rows: `reference` is the original code (kalviny/MSDNet-PyTorch `models/msdnet.py`,
+yangle15/RANet-pytorch `models/RANet.py`), imported from the exported repositories given
+by `--reference-msdnet` / `--reference-ranet` and built with the args namespace of our
+config (backbones.md §1; the script checks that the parameter counts agree); without a
+folder that side is skipped. `ours eager` is our model run as the reference runs
+(NCHW, BatchNorm, `no_grad`): in training it executes the same kernels as the
+reference, so its ratio shows how much the noise alone moves a ratio. Then one speed
+option per row: `channels_last`; for evaluation `fast` = `inference_mode` +
+`fold_batchnorm` + channels_last (the fastest numerically equal eval path: its logits
+must match the eager ones within 1e-4 of the largest logit, `max_rel_diff`);
+`--compile [train] [eval]` adds `torch.compile` rows (eval with inductor weight
+freezing) whose one-off compilation time is `prep_s`.
 
 How to read it: the machine is shared, so absolute img/s drift with the load. Only
 numbers from one run are comparable: within a (device, model, mode) group the variants
 are timed in interleaved rounds (one step each, rotating order) and `ratio` is the median
-over rounds of t(reference)/t(variant), i.e. > 1 means faster than the original code.
-`img_s` is batch / median step time. `peak_frac` is the achieved FLOP rate over the
-fp32 matmul peak measured in the same run (best of a few n×n `torch.mm`): FLOPs per image
-= 2 × the MSDNet-convention count of `exit_mflops(name, 100)[-1]` (which counts one
-multiply-accumulate as 1), training = 3 × forward. Results go to
+over rounds of t(reference)/t(row), > 1 meaning faster than the original code
+(`ratio_min`/`ratio_max` give the spread over rounds). `img_s` is batch / median step
+time. `peak_frac` is the achieved FLOP rate over the fp32 matmul peak measured in the
+same run (best of a few n×n `torch.mm`, before and after each model): FLOPs per image =
+2 × the MSDNet-convention count `exit_mflops(name, 100)[-1]` (which counts one
+multiply-accumulate as 1 op), a training step = 3 × forward. Results go to
 `benchmarks/results/backbone_speed.csv`.
+
+Run as a script, it sets OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP threads
+on shared, oversubscribed cores made 2-thread steps up to 10× slower.
 
     python benchmarks/backbone_speed.py --reference-msdnet /tmp/refs/MSDNet-PyTorch \\
         --reference-ranet /tmp/refs/RANet-pytorch [--repeats 5 --threads 2 --compile]
@@ -304,14 +311,14 @@ def bench_model(
             args.train_batch,
             args.warmup,
             TRAIN_FACTOR,
-            lambda: train_variants(ours, ref, x_train, y_train, args.compile),
+            lambda: train_variants(ours, ref, x_train, y_train, "train" in args.compile),
         ),
         (
             "eval",
             args.eval_batch,
             args.eval_warmup,
             1,
-            lambda: eval_variants(ours, ref, x_eval, args.compile),
+            lambda: eval_variants(ours, ref, x_eval, "eval" in args.compile),
         ),
     ]
     for mode, batch, warmup, factor, build in groups:
@@ -326,11 +333,8 @@ def bench_model(
         base = variants[0].times if ref is not None else None
         for v in variants:
             median = statistics.median(v.times)
-            ratio = (
-                statistics.median(b / t for b, t in zip(base, v.times, strict=True))
-                if base is not None
-                else float("nan")
-            )
+            ratios = [b / t for b, t in zip(base or [], v.times, strict=False)]
+            nan = float("nan")
             rows.append(
                 {
                     "device": str(device),
@@ -343,7 +347,11 @@ def bench_model(
                     "rounds": len(v.times),
                     "median_s": median,
                     "img_s": batch / median,
-                    "ratio": ratio,
+                    "min_s": min(v.times),
+                    "max_s": max(v.times),
+                    "ratio": statistics.median(ratios) if ratios else nan,
+                    "ratio_min": min(ratios, default=nan),
+                    "ratio_max": max(ratios, default=nan),
                     "gflop_per_img": gflop_fwd * factor,
                     "achieved_gflop_s": gflop_fwd * factor * batch / median,
                     "prep_s": v.prep_s,
@@ -379,8 +387,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds")
     parser.add_argument(
         "--compile",
-        action="store_true",
-        help="add torch.compile rows (minutes of one-off compilation per model and mode)",
+        nargs="*",
+        choices=["train", "eval"],
+        help="add torch.compile rows for these modes (all if none named); each costs "
+        "minutes of one-off compilation per model on 2 CPU cores",
     )
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n×n peak matmul")
     parser.add_argument("--seed", type=int, default=0)
@@ -389,7 +399,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if min(args.warmup, args.eval_warmup, args.repeats) < 1:
         parser.error("--warmup, --eval-warmup and --repeats must be >= 1")
     torch.set_num_threads(args.threads)
-    if args.compile:  # inference graphs only: prepacked oneDNN convs with fused ReLU
+    if args.compile is None:
+        args.compile = []
+    elif not args.compile:  # bare --compile: both modes
+        args.compile = ["train", "eval"]
+    if "eval" in args.compile:  # inference graphs only: prepacked oneDNN convs with fused ReLU
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
@@ -399,6 +413,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for device in devices(args.devices):
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # both sides get cuDNN's autotuner
+            torch.backends.cudnn.allow_tf32 = False  # fp32 convs, as the fp32 matmul peak
         peaks = [measure_peak(device, args.peak_size, 5)]
         device_rows = []
         for name in args.models:

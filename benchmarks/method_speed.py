@@ -34,6 +34,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from eebench.methods import TRAIN_METHODS
+from eebench.pipelines.config import validate
+from eebench.pipelines.data import get_dataset_info
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.train import EpochMeter, Trainer
@@ -45,10 +48,14 @@ GOAL = 1.15
 
 
 def make_run(method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """A complete run config (the fields of the run schema) for one method."""
+    """A complete run config, validated against the run schema, for one method.
+
+    Hyperparameters are the method's defaults for the dataset family (what a study
+    without overrides resolves to: joint_bilevel updates φ every 10 batches).
+    """
     recipe = RECIPES.get("fmnist").with_overrides({"epochs": 100, "batch_size": args.batch_size})
-    synthetic = args.dataset == "synthetic"
-    return {
+    family = get_dataset_info(args.dataset).family
+    run: dict[str, Any] = {
         "study": "method_speed",
         "dataset": args.dataset,
         "data_root": str(args.data_root),
@@ -59,8 +66,8 @@ def make_run(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "variant": "",
         "seed": 0,
         "recipe": recipe.to_dict(),
-        "hparams": {},
-        "train_subset": None if synthetic else args.train_images,
+        "hparams": TRAIN_METHODS.get(method).resolve_hparams(family),
+        "train_subset": args.train_images,
         "init_from": None,
         "source": None,
         "device": "cpu",
@@ -68,18 +75,13 @@ def make_run(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_every_steps": 10**9,  # no checkpoint inside the timed epochs
         "selection": "final",
         "features_subset": 64,
-        "synthetic": (
-            {
-                "num_classes": 10,
-                "image_size": 28,
-                "n_train": args.train_images,
-                "n_val": 256,
-                "n_test": 256,
-            }
-            if synthetic
-            else None
-        ),
     }
+    if args.dataset == "synthetic":
+        size = {"n_train": args.train_images, "n_val": 256, "n_test": 256}
+        run["synthetic"] = {"num_classes": 10, "image_size": 28, **size}
+        run["train_subset"] = None
+    validate(run, "run", f"method_speed/{method}")
+    return run
 
 
 def time_epoch(trainer: Trainer, epoch: int) -> float:

@@ -135,9 +135,13 @@ class ExitGater(nn.Module):
 
 @dataclass
 class HalfStep:
-    """One step on one half-batch: its loss, detached logits and exit distribution."""
+    """One step on one half-batch: its loss (detached, 0-d), detached logits and A.
 
-    loss: float
+    The loss stays a tensor so that `_report` reads every number of a batch from the
+    device at once (one sync on CUDA instead of one per half-step and metric).
+    """
+
+    loss: torch.Tensor
     logits: list[torch.Tensor]
     A: torch.Tensor
 
@@ -270,7 +274,7 @@ class JointBilevel(TrainMethod):
         ce, A = self._losses_and_A(logits, target)
         loss = theta_loss(ce, A, self.costs, self.hp["lam"])
         engine.optimize(loss)
-        return HalfStep(float(loss.detach()), [z.detach() for z in logits], A.detach())
+        return HalfStep(loss.detach(), [z.detach() for z in logits], A.detach())
 
     def phi_step(self, x: torch.Tensor, target: torch.Tensor, engine: StepEngine) -> HalfStep:
         """Outer step: logits are constants (eval mode, no_grad), only φ moves."""
@@ -284,7 +288,7 @@ class JointBilevel(TrainMethod):
         ce, A = self._losses_and_A(logits, target)
         loss = phi_loss(ce, A, self.costs, self.hp["lam"])
         engine.optimize(loss, self._phi_handle)
-        return HalfStep(float(loss.detach()), list(logits), A.detach())
+        return HalfStep(loss.detach(), list(logits), A.detach())
 
     def training_step(
         self, x: torch.Tensor, target: torch.Tensor, step: int, engine: StepEngine
@@ -307,9 +311,13 @@ class JointBilevel(TrainMethod):
         batch = target.shape[0]
         logits = [torch.cat(zs)[:batch] for zs in zip(*(h.logits for h in halves), strict=True)]
         A = torch.cat([h.A for h in halves])[:batch]
-        metrics = {f"A_exit{k + 1}": float(a) for k, a in enumerate(A.mean(dim=0))}
-        metrics["expected_cost"] = float((A * self.costs).sum(dim=1).mean())
-        loss = sum(h.loss for h in halves) / len(halves)
+        expected_cost = (A * self.costs).sum(dim=1).mean()
+        losses = torch.stack([h.loss for h in halves])
+        numbers = torch.cat([losses, A.mean(dim=0), expected_cost[None]]).tolist()  # one sync
+        n = len(halves)
+        metrics = {f"A_exit{k + 1}": a for k, a in enumerate(numbers[n:-1])}
+        metrics["expected_cost"] = numbers[-1]
+        loss = sum(numbers[:n]) / n
         return StepOutput(loss=loss, logits=logits, targets=target, metrics=metrics)
 
     # ------------------------------------------------------------------ inference

@@ -179,6 +179,7 @@ def resolve_run(
         "num_workers": study["num_workers"],
         "checkpoint_every_steps": study["checkpoint_every_steps"],
         "selection": study["selection"],
+        "validate_each_epoch": study["validate_each_epoch"],
         "features_subset": study["features_subset"],
     }
     validate(run, "run", where)

@@ -323,7 +323,8 @@ class Trainer:
             self._train_epoch(epoch, start_batch, meter, every, history, best)
             start_batch = 0
             row = {"epoch": epoch + 1, "lr": self.slots_lr(), **meter.summary()}
-            row.update(self._validate())
+            if self._validates_after(epoch):
+                row.update(self._validate())
             row["seconds"] = round(time.perf_counter() - started, 3)
             history.append(row)
             best = self._update_best(row, best)
@@ -372,6 +373,12 @@ class Trainer:
                 self._checkpoint(epoch, batch + 1, history, meter, best)
         bar.close()
 
+    def _validates_after(self, epoch: int) -> bool:
+        """Every epoch, or only the last one when the study saves that time (never for best_val)."""
+        last = epoch + 1 == self.recipe.epochs
+        every = self.run.get("validate_each_epoch", True) or self.run.get("selection") == "best_val"
+        return every or last
+
     def _validate(self) -> dict[str, float]:
         val = collect(self.method, self.loaders.val.iterate(0), self.device)
         return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(exit_top1(val))}
@@ -409,10 +416,8 @@ def _progress(meter: EpochMeter) -> dict[str, str]:
 
 def _format_row(row: dict[str, Any]) -> str:
     val = [f"{v:.1f}" for k, v in row.items() if k.startswith("val_top1_exit")]
-    return (
-        f"loss {row['train_loss']:.4f} lr {row['lr']:.2e} "
-        f"val top-1 per exit {'/'.join(val)} ({row['seconds']:.0f}s)"
-    )
+    shown = f" val top-1 per exit {'/'.join(val)}" if val else ""
+    return f"loss {row['train_loss']:.4f} lr {row['lr']:.2e}{shown} ({row['seconds']:.0f}s)"
 
 
 def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path) -> Path:

@@ -192,6 +192,13 @@ def test_best_val_selection_keeps_the_best_epoch(tmp_path: Path) -> None:
     assert all(torch.equal(best[k], v) for k, v in weights(run_dir).items())
 
 
+def test_validation_after_the_last_epoch_only_when_asked(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    train_run(make_run(validate_each_epoch=False), run_dir, tmp_path / "splits")
+    log = pd.read_csv(run_dir / "train_log.csv")
+    assert log["val_top1_exit4"].isna().tolist() == [True, False]
+
+
 def test_soft_targets_from_mixup_and_label_smoothing_train(tmp_path: Path) -> None:
     recipe = {"epochs": 1, "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}
     run_dir = tmp_path / "run"
