@@ -48,6 +48,7 @@ import io
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "backbone_speed.csv"
 MODELS = ("msdnet_cifar", "ranet_cifar")
 NUM_CLASSES = 100  # the references take the class count from their dataset name: cifar100
 TRAIN_FACTOR = 3  # a training step ≈ forward + backward (2× forward)
+SHOWN = ["device", "model", "mode", "impl", "options", "img_s", "ratio", "peak_frac", "prep_s"]
 EQUAL_TOL = 1e-4  # max |Δlogit| / max |logit| for the "numerically equal" eval options
 
 # Where each reference model lives in its repository, and the args namespace that builds
@@ -322,6 +324,8 @@ def bench_model(
         ),
     ]
     for mode, batch, warmup, factor, build in groups:
+        if mode not in args.modes:
+            continue
         variants = build()
         print(f"[{name}] {mode}: {len(variants)} variants × {args.repeats} rounds", flush=True)
         run_interleaved(variants, device, warmup, args.repeats)
@@ -371,6 +375,47 @@ def devices(requested: list[str]) -> list[torch.device]:
     return chosen
 
 
+def configure_inductor(stack: contextlib.ExitStack, freezing: bool) -> None:
+    """Cold compilation, so that `prep_s` is the real one-off cost: no inductor cache is
+    read (`force_disable_caches`; new files go to a temporary folder removed at the end,
+    unless TORCHINDUCTOR_CACHE_DIR is set). For eval, weight freezing (inference graphs
+    only: prepacked oneDNN convs with fused ReLU)."""
+    import torch._inductor.config as inductor_config
+
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="backbone_speed_"))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        stack.callback(os.environ.pop, "TORCHINDUCTOR_CACHE_DIR")
+    stack.enter_context(torch.compiler.config.patch(force_disable_caches=True))
+    stack.enter_context(inductor_config.patch(freezing=freezing))
+
+
+def run_all(args: argparse.Namespace) -> pd.DataFrame:
+    """Every device and model; the CSV is rewritten after each model (partial results stay)."""
+    refs = {"msdnet_cifar": args.reference_msdnet, "ranet_cifar": args.reference_ranet}
+    rows: list[dict[str, Any]] = []
+    for device in devices(args.devices):
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # both sides get cuDNN's autotuner
+            torch.backends.cudnn.allow_tf32 = False  # fp32 convs, as the fp32 matmul peak
+        peaks = [measure_peak(device, args.peak_size, 5)]
+        device_rows: list[dict[str, Any]] = []
+        for name in args.models:
+            device_rows += bench_model(name, refs[name], device, args)
+            peaks.append(measure_peak(device, args.peak_size, 5))
+            peak = max(peaks)  # the least disturbed measurement of this run so far
+            for row in device_rows:
+                row["peak_gflop_s"] = peak
+                row["peak_frac"] = row["achieved_gflop_s"] / peak
+            write_csv(args.out, pd.DataFrame(rows + device_rows))
+        measured = ", ".join(f"{p:.1f}" for p in peaks)
+        print(
+            f"{device}: fp32 matmul peak {max(peaks):.1f} GFLOP/s (n={args.peak_size}; {measured})"
+        )
+        rows += device_rows
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -379,6 +424,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--reference-ranet", type=Path, help="exported yangle15/RANet-pytorch")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--modes", nargs="+", default=["train", "eval"], choices=["train", "eval"])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--train-batch", type=int, default=64)
     parser.add_argument("--eval-batch", type=int, default=256)
@@ -403,35 +449,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         args.compile = []
     elif not args.compile:  # bare --compile: both modes
         args.compile = ["train", "eval"]
-    if "eval" in args.compile:  # inference graphs only: prepacked oneDNN convs with fused ReLU
-        import torch._inductor.config as inductor_config
-
-        inductor_config.freezing = True
-    refs = {"msdnet_cifar": args.reference_msdnet, "ranet_cifar": args.reference_ranet}
-
-    rows = []
-    for device in devices(args.devices):
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # both sides get cuDNN's autotuner
-            torch.backends.cudnn.allow_tf32 = False  # fp32 convs, as the fp32 matmul peak
-        peaks = [measure_peak(device, args.peak_size, 5)]
-        device_rows = []
-        for name in args.models:
-            device_rows += bench_model(name, refs[name], device, args)
-            peaks.append(measure_peak(device, args.peak_size, 5))
-        peak = max(peaks)  # the least disturbed measurement of this run
-        measured = ", ".join(f"{p:.1f}" for p in peaks)
-        print(f"{device}: fp32 matmul peak {peak:.1f} GFLOP/s (n={args.peak_size}; {measured})")
-        for row in device_rows:
-            row["peak_gflop_s"] = peak
-            row["peak_frac"] = row["achieved_gflop_s"] / peak
-        rows += device_rows
-    table = pd.DataFrame(rows)
-    write_csv(args.out, table)
-    show = table[["device", "model", "mode", "impl", "options", "img_s", "ratio", "peak_frac",
-                  "prep_s", "max_rel_diff"]]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        if args.compile:
+            configure_inductor(stack, freezing="eval" in args.compile)
+        table = run_all(args)
     with pd.option_context("display.width", 160, "display.max_columns", 20):
-        print(show.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+        print(table[SHOWN].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"ratio = median over rounds of t(reference)/t(row); written to {args.out}")
     return table
 
