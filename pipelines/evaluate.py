@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from eebench.backbones import MultiExitNet, fold_batchnorm
 from eebench.methods import EXIT_POLICIES
 from eebench.methods.base import TrainMethod
 from eebench.pipelines import protocol
@@ -38,6 +39,12 @@ class Collected:
     scores: np.ndarray | None = None
 
 
+def inference_copy(backbone: MultiExitNet) -> MultiExitNet:
+    """BN folded into the convs, channels_last: eval-mode logits up to float rounding, and
+    1.5–1.8× faster (benchmarks/backbone_speed.py, `fast`). Not for a compiled backbone."""
+    return fold_batchnorm(backbone).to(memory_format=torch.channels_last)
+
+
 @torch.inference_mode()
 def collect(
     method: TrainMethod,
@@ -46,16 +53,22 @@ def collect(
     *,
     with_features: bool = False,
     max_samples: int | None = None,
+    fast: bool = False,
 ) -> Collected:
-    """Run the backbone in eval mode over `batches` and stack what each exit produced."""
+    """Run the backbone in eval mode over `batches` and stack what each exit produced.
+
+    `fast` runs an `inference_copy` of the backbone on channels_last inputs.
+    """
     method.eval()
+    backbone = inference_copy(method.backbone) if fast else method.backbone
     logits: list[list[torch.Tensor]] = []
     features: list[list[torch.Tensor]] = []
     scores: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     seen = 0
     for x, y in batches:
-        exit_logits, exit_features = method.backbone(x.to(device), return_features=True)
+        x = x.to(device, memory_format=torch.channels_last if fast else torch.preserve_format)
+        exit_logits, exit_features = backbone(x, return_features=True)
         logits.append([z.float().cpu() for z in exit_logits])
         if with_features:
             features.append([f.float().cpu() for f in exit_features])
@@ -155,8 +168,8 @@ def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) 
     method = build_method(run, info.num_classes, info.family, len(loaders.train), device)
     method.load_state_dict(state)
     splits = {
-        "val": collect(method, loaders.val.iterate(0), device, with_features=with_features),
-        "test": collect(method, loaders.test.iterate(0), device, with_features=with_features),
+        split: collect(method, loader.iterate(0), device, with_features=with_features, fast=True)
+        for split, loader in (("val", loaders.val), ("test", loaders.test))
     }
     outputs = outputs_arrays(splits["val"], splits["test"], method.ctx.exit_mflops)
     if with_features:
@@ -166,6 +179,7 @@ def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) 
             device,
             with_features=True,
             max_samples=run.get("features_subset") or None,
+            fast=True,
         )
         write_npz(run_dir / "features.npz", **features_arrays(splits))
     write_run_results(run_dir, outputs, run)

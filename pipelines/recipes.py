@@ -40,7 +40,7 @@ class Recipe:
     ema: bool = False
     ema_decay: float = 0.9999
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # training layout (CPU too: 1.15× on the fmnist backbones)
     compile: bool = False
     source: str = ""  # where the recipe comes from
 

@@ -138,7 +138,7 @@ class Trainer:
         self.method = build_method(
             run, info.num_classes, info.family, self.steps_per_epoch, self.device
         )
-        if self.device.type == "cuda" and self.recipe.channels_last:
+        if self.recipe.channels_last:
             self.method.to(memory_format=torch.channels_last)
         if self.recipe.compile:
             self.method.backbone.compile()
@@ -359,7 +359,7 @@ class Trainer:
         for batch, (x, y) in enumerate(loader.iterate(epoch, start_batch), start=start_batch):
             for slot in self.slots.values():
                 slot.set_lr(self.global_step)
-            if self.device.type == "cuda" and self.recipe.channels_last:
+            if self.recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target: torch.Tensor = y
             if self.mixup is not None:
@@ -380,7 +380,9 @@ class Trainer:
         return every or last
 
     def _validate(self) -> dict[str, float]:
-        val = collect(self.method, self.loaders.val.iterate(0), self.device)
+        val = collect(
+            self.method, self.loaders.val.iterate(0), self.device, fast=not self.recipe.compile
+        )
         return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(exit_top1(val))}
 
     def _update_best(self, row: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:

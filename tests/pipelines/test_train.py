@@ -18,9 +18,10 @@ import torch
 from eebench.methods import TRAIN_METHODS
 from eebench.methods.standard import Standard
 from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines.evaluate import evaluate_run
+from eebench.pipelines.evaluate import collect, evaluate_run
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.recipes import RECIPES
+from eebench.pipelines.runs import build_method, make_loaders
 from eebench.pipelines.train import NonFiniteLossError, train_run
 
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
@@ -104,6 +105,26 @@ def test_evaluate_writes_protocol_keys(trained: Path) -> None:
         "top1", "exit_fractions",
     ]  # fmt: skip
     assert len(budgeted) == 39 and set(budgeted["policy"]) == {"max_softmax"}
+
+
+def test_fast_collect_gives_the_eval_mode_outputs(trained: Path) -> None:
+    """The evaluate stage's folded channels_last copy: same logits and features, model intact."""
+    run = make_run()
+    loaders = make_loaders(run, trained.parent / "splits", torch.device("cpu"))
+    method = build_method(run, 4, loaders.info.family, len(loaders.train), torch.device("cpu"))
+    method.load_state_dict(weights(trained))
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    plain, fast = (
+        collect(method, loaders.val.iterate(0), torch.device("cpu"), with_features=True, fast=f)
+        for f in (False, True)
+    )
+    scale = float(np.abs(plain.logits).max())
+    np.testing.assert_allclose(fast.logits, plain.logits, rtol=1e-5, atol=1e-5 * scale)
+    for got, expected in zip(fast.features, plain.features, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(abs(expected).max()))
+    np.testing.assert_array_equal(fast.labels, plain.labels)
+    for key, value in method.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed: the fast path must copy"
 
 
 def test_finished_run_is_not_retrained(trained: Path) -> None:
