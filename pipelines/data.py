@@ -196,7 +196,28 @@ def _check_start(start_batch: int, num_batches: int) -> None:
         raise ValueError(f"start_batch must be in 0..{num_batches}, got {start_batch}")
 
 
-class InMemoryLoader:
+class _SplitLoader:
+    """What both loaders share: a split part (`indices`) served in batches, epoch by epoch."""
+
+    indices: Any
+    batch_size: int
+    drop_last: bool
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def __len__(self) -> int:
+        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iterate(0)
+
+    def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+
+class InMemoryLoader(_SplitLoader):
     """Batches of uint8 images held on the device, augmented as whole batches.
 
     `images`/`labels` are the full official set (shared by the loaders built on it);
@@ -219,16 +240,6 @@ class InMemoryLoader:
         self.indices = torch.as_tensor(indices, dtype=torch.int64)
         self.batch_size, self.transform = batch_size, transform
         self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.indices)
-
-    def __len__(self) -> int:
-        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iterate(0)
 
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches start_batch..len-1 of `epoch` (identical to those of a full iteration)."""
@@ -279,7 +290,7 @@ class _SeededBatches:
             ]
 
 
-class FolderLoader:
+class FolderLoader(_SplitLoader):
     """ImageNet-style loader (PIL transforms in DataLoader workers) with the interface of
     InMemoryLoader: a seeded per-epoch permutation, batches skippable by `start_batch`."""
 
@@ -299,16 +310,6 @@ class FolderLoader:
         self.batch_size, self.seed = batch_size, seed
         self.shuffle, self.drop_last = shuffle, drop_last
         self.num_workers, self.device = num_workers, torch.device(device)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.indices)
-
-    def __len__(self) -> int:
-        return _num_batches(self.num_samples, self.batch_size, self.drop_last)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iterate(0)
 
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches start_batch..len-1 of `epoch` (identical to those of a full iteration)."""
