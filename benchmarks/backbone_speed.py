@@ -22,7 +22,8 @@ freezing) whose one-off compilation time is `prep_s`.
 
 How to read it: the machine is shared, so absolute img/s drift with the load. Only
 numbers from one run are comparable: within a (device, model, mode) group the variants
-are timed in interleaved rounds (one step each, rotating order) and `ratio` is the median
+are timed in interleaved rounds (one step each, rotating order; `--train-rounds` 10,
+`--eval-rounds` 5) and `ratio` is the median
 over rounds of t(reference)/t(row), > 1 meaning faster than the original code
 (`ratio_min`/`ratio_max` give the spread over rounds). `img_s` is batch / median step
 time. `peak_frac` is the achieved FLOP rate over the fp32 matmul peak measured in the
@@ -35,7 +36,7 @@ Run as a script, it sets OMP_WAIT_POLICY=PASSIVE unless set: spinning OpenMP thr
 on shared, oversubscribed cores made 2-thread steps up to 10× slower.
 
     python benchmarks/backbone_speed.py --reference-msdnet /tmp/refs/MSDNet-PyTorch \\
-        --reference-ranet /tmp/refs/RANet-pytorch [--repeats 5 --threads 2 --compile]
+        --reference-ranet /tmp/refs/RANet-pytorch [--threads 2 --compile ...]
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def timed(step: Step, device: torch.device) -> float:
 
 
 def run_interleaved(
-    variants: list[Variant], device: torch.device, warmup: int, repeats: int
+    variants: list[Variant], device: torch.device, warmup: int, rounds: int
 ) -> None:
     """Warm every variant up, then time one step of each per round, rotating the order."""
     for v in variants:
@@ -210,7 +211,7 @@ def run_interleaved(
         for _ in range(warmup - 1):
             timed(v.step, device)
         v.prep_s += first
-    for r in range(repeats):
+    for r in range(rounds):
         for i in range(len(variants)):
             v = variants[(r + i) % len(variants)]
             v.times.append(timed(v.step, device))
@@ -307,11 +308,12 @@ def bench_model(
     gflop_fwd = 2 * float(exit_mflops(name, NUM_CLASSES)[-1]) / 1e3  # per image, 2 × MACs
 
     rows = []
-    groups: list[tuple[str, int, int, int, Callable[[], list[Variant]]]] = [
+    groups: list[tuple[str, int, int, int, int, Callable[[], list[Variant]]]] = [
         (
             "train",
             args.train_batch,
             args.warmup,
+            args.train_rounds,
             TRAIN_FACTOR,
             lambda: train_variants(ours, ref, x_train, y_train, "train" in args.compile),
         ),
@@ -319,16 +321,17 @@ def bench_model(
             "eval",
             args.eval_batch,
             args.eval_warmup,
+            args.eval_rounds,
             1,
             lambda: eval_variants(ours, ref, x_eval, "eval" in args.compile),
         ),
     ]
-    for mode, batch, warmup, factor, build in groups:
+    for mode, batch, warmup, rounds, factor, build in groups:
         if mode not in args.modes:
             continue
         variants = build()
-        print(f"[{name}] {mode}: {len(variants)} variants × {args.repeats} rounds", flush=True)
-        run_interleaved(variants, device, warmup, args.repeats)
+        print(f"[{name}] {mode}: {len(variants)} variants × {rounds} rounds", flush=True)
+        run_interleaved(variants, device, warmup, rounds)
         if mode == "eval":
             expected = variants[1 if ref is not None else 0].step()
             for v in variants:
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--eval-batch", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=3, help="training warm-up steps")
     parser.add_argument("--eval-warmup", type=int, default=1, help="eval warm-up forwards")
-    parser.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds")
+    parser.add_argument("--train-rounds", type=int, default=10, help="timed training rounds")
+    parser.add_argument("--eval-rounds", type=int, default=5, help="timed eval rounds")
     parser.add_argument(
         "--compile",
         nargs="*",
@@ -442,8 +446,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    if min(args.warmup, args.eval_warmup, args.repeats) < 1:
-        parser.error("--warmup, --eval-warmup and --repeats must be >= 1")
+    if min(args.warmup, args.eval_warmup, args.train_rounds, args.eval_rounds) < 1:
+        parser.error("warm-up steps and rounds must be >= 1")
     torch.set_num_threads(args.threads)
     if args.compile is None:
         args.compile = []
