@@ -168,7 +168,13 @@ def test_interrupted_workflow_resumes_without_redoing_finished_jobs(tmp_path: Pa
         return sorted(runs.glob("*/standard/seed0/model.pt"))
 
     def second_run_checkpointed() -> bool:
-        return len(finished()) == 1 and any(runs.glob("*/standard/seed0/checkpoints/ckpt_*.pt"))
+        """A checkpoint of a run without model.pt: with one core, the second run has started,
+        so Snakemake has recorded the first as done (the first run's own checkpoints exist
+        for a moment after its model.pt, while its job is still running: killing it then
+        rightly discards that model.pt as incomplete)."""
+        checkpoints = runs.glob("*/standard/seed0/checkpoints/ckpt_*.pt")
+        in_progress = [c for c in checkpoints if not (c.parent.parent / "model.pt").exists()]
+        return len(finished()) == 1 and bool(in_progress)
 
     try:
         _wait_for(second_run_checkpointed, proc, "the second run's first checkpoint")
