@@ -47,9 +47,11 @@ from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.train import EpochMeter, Trainer
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "method_speed.csv"
-# row name -> (method, divisor of --batch-size)
-VARIANTS = {"standard": ("standard", 1), "standard_half_batch": ("standard", 2)}
-VARIANTS["joint_bilevel"] = ("joint_bilevel", 1)
+VARIANTS = {  # row name -> (method, divisor of --batch-size)
+    "standard": ("standard", 1),
+    "standard_half_batch": ("standard", 2),
+    "joint_bilevel": ("joint_bilevel", 1),
+}
 BACKBONE = "msdnet_fmnist"
 GOAL = 1.15
 
