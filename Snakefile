@@ -7,7 +7,7 @@
 
 Every job is one `eebench` command; the study config (validated here against
 pipelines/schemas/study.schema.yaml, then against the registries) is the only input
-that the commands share. Results go to results/<study>/ (layout: spec/protocol.md).
+that the commands share. Results go to results/<study>/ (layout: docs/protocol.md).
 """
 
 import shlex
@@ -112,6 +112,7 @@ rule evaluate:
         features=f"{ROOT}/{{run}}/features.npz",
         anytime=f"{ROOT}/{{run}}/anytime.csv",
         budgeted=f"{ROOT}/{{run}}/budgeted.csv",
+        rules=f"{ROOT}/{{run}}/exit_rules.json",
     wildcard_constraints:
         run=TRAIN_RUNS,
     log:
@@ -134,6 +135,7 @@ rule calibrate:
         outputs=f"{ROOT}/{{run}}/outputs.npz",
         anytime=f"{ROOT}/{{run}}/anytime.csv",
         budgeted=f"{ROOT}/{{run}}/budgeted.csv",
+        rules=f"{ROOT}/{{run}}/exit_rules.json",
     wildcard_constraints:
         run=POSTHOC_RUNS,
     log:

@@ -2,9 +2,9 @@
 
 Both references use the same post-activation conv-BN-act unit, the same bottleneck,
 the same dense "concatenate the input with a new branch" layer, the same stems and
-the same exit heads (backbones.md §2, §3); they live here once. `MultiExitNet` fixes
-the staged interface (stem, then one stage and one head per exit) that real early
-exit, feature extraction and the FLOPs counter all rely on.
+the same exit heads (the project spec, shared/spec/backbones.md §2, §3); they live here
+once. `MultiExitNet` fixes the staged interface (stem, then one stage and one head per
+exit) that real early exit, feature extraction and the FLOPs counter all rely on.
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ class BackboneConfig:
     in_channels: int = 3
     image_size: int = 32
 
+    # Display: the architecture family (the paper names backbones by family) and its label.
+    family: ClassVar[str] = ""
+    family_label: ClassVar[str] = ""
+    # Name tokens that say which data a config is for; the label leaves them out.
+    data_tokens: ClassVar[frozenset[str]] = frozenset({"cifar", "imagenet", "fmnist"})
+
     positive_fields: ClassVar[tuple[str, ...]] = (
         "n_channels",
         "growth_rate",
@@ -87,6 +93,12 @@ class BackboneConfig:
         for field in self.tuple_fields:  # accept lists, store hashable tuples
             object.__setattr__(self, field, tuple(getattr(self, field)))
         self._validate()
+
+    @property
+    def label(self) -> str:
+        """'msdnet_imagenet_step7' -> 'MSDNet step7', 'ranet_cifar' -> 'RANet'."""
+        extra = [t for t in self.name.split("_")[1:] if t not in self.data_tokens]
+        return " ".join([self.family_label or self.family, *extra])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -352,6 +364,10 @@ class MultiExitNet(nn.Module):
             logits.append(out)
             features.append(feats)
         return (logits, features) if return_features else logits
+
+    def exit_classifiers(self) -> list[nn.Linear]:
+        """The Linear layer of every exit head (post-hoc methods read their weights)."""
+        return [head.classifier for head in self.heads]
 
     def exit_units(self) -> list[list[str]]:
         """Module names whose costs are first incurred by each exit, in forward order."""

@@ -1,4 +1,5 @@
-"""Per-exit FLOPs and parameters in the MSDNet counting convention (backbones.md §4).
+"""Per-exit FLOPs and parameters in the MSDNet counting convention (the project spec,
+shared/spec/backbones.md §4).
 
 fvcore traces one batch-1 forward in eval mode; its handlers are overridden so that
 conv and Linear count multiply-accumulates (Linear plus its bias add), activations
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 with warnings.catch_warnings():  # fvcore scripts a helper at import; torch deprecates that
     warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
@@ -70,28 +72,40 @@ HANDLES: dict[str, Handle] = {
     "aten::relu": _input_elements,
     "aten::relu_": _input_elements,
     "aten::gelu": _input_elements,
+    "aten::sigmoid": _input_elements,
     "aten::max_pool2d": _pool,
     "aten::avg_pool2d": _pool,
     "aten::linear": _linear,
 }
 
 
-def count_flops(model: MultiExitNet) -> FlopCountAnalysis:
-    """Trace one zero image through `model` (eval mode, restored afterwards)."""
-    was_training = model.training
-    model.eval()
+def _analysis(module: nn.Module, inputs: tuple[torch.Tensor, ...], what: str) -> FlopCountAnalysis:
+    """Trace `module` on `inputs` (eval mode, restored afterwards) with this convention's rules."""
+    was_training = module.training
+    module.eval()
     try:
-        analysis = FlopCountAnalysis(model, torch.zeros(1, *model.input_shape))
+        analysis = FlopCountAnalysis(module, inputs)
         for name, handle in HANDLES.items():
             analysis.set_op_handle(name, handle)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         analysis.by_module()  # run the trace now, while in eval mode
     finally:
-        model.train(was_training)
+        module.train(was_training)
     unsupported = analysis.unsupported_ops()
     if unsupported:  # an unsupported op would silently count 0
-        raise RuntimeError(f"fvcore cannot count ops {dict(unsupported)} in {model.config_name}")
+        raise RuntimeError(f"fvcore cannot count ops {dict(unsupported)} in {what}")
     return analysis
+
+
+def count_flops(model: MultiExitNet) -> FlopCountAnalysis:
+    """Trace one zero image through `model`."""
+    return _analysis(model, (torch.zeros(1, *model.input_shape),), model.config_name)
+
+
+def module_mflops(module: nn.Module, *inputs: torch.Tensor) -> float:
+    """MFLOPs of one call of a method's own module (a gater, a gate, an extra head), counted
+    like the backbones, so that its cost adds to theirs on the same scale."""
+    return _analysis(module, inputs, type(module).__name__).total() / 1e6
 
 
 def exit_costs(model: MultiExitNet) -> list[tuple[float, int]]:

@@ -1,4 +1,4 @@
-"""MSDNet (Huang et al., ICLR 2018) as specified in backbones.md §2.
+"""MSDNet (Huang et al., ICLR 2018) as the project spec (shared/spec/backbones.md §2) says.
 
 The state between exits is the list of scale maps still in use, finest first. A layer
 keeps the coarsest `S - ⌊(n-1)/I⌋` scales; a layer that drops the finest scale is
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,9 @@ STEP_MODES = ("even", "lin_grow")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MSDNetConfig(BackboneConfig):
     """MSDNet hyper-parameters; gr_factor/bn_factor run from the finest to the coarsest scale."""
+
+    family: ClassVar[str] = "msdnet"
+    family_label: ClassVar[str] = "MSDNet"
 
     n_blocks: int
     step_mode: str

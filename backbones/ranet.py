@@ -1,4 +1,4 @@
-"""RANet (Yang et al., CVPR 2020) as specified in backbones.md §3.
+"""RANet (Yang et al., CVPR 2020) as the project spec (shared/spec/backbones.md §3) says.
 
 Flows run one after another, lowest resolution first. Flow f's first B_{f-1} blocks
 fuse the exports of flow f-1's blocks; its remaining (plain) blocks each end in an
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -40,6 +41,9 @@ Export = tuple[int, int]  # (channels, scale level) of one exported map
 class RANetConfig(BackboneConfig):
     """RANet hyper-parameters; gr_factor, bn_factor and scale_list run per flow, lowest
     resolution first."""
+
+    family: ClassVar[str] = "ranet"
+    family_label: ClassVar[str] = "RANet"
 
     n_blocks: int
     block_step: int

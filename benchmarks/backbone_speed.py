@@ -10,7 +10,7 @@ For `msdnet_cifar` and `ranet_cifar` with 100 classes (3×32×32 inputs), on the
 Rows: `reference` is the original code (kalviny/MSDNet-PyTorch `models/msdnet.py`,
 yangle15/RANet-pytorch `models/RANet.py`), imported from the exported repositories given
 by `--reference-msdnet` / `--reference-ranet` and built with the args namespace of our
-config (backbones.md §1; the script checks that the parameter counts agree); without a
+config (shared/spec/backbones.md §1; the script checks that the parameter counts agree); without a
 folder that side is skipped. `ours eager` is our model run as the reference runs
 (NCHW, BatchNorm, `no_grad`): in training it executes the same kernels as the
 reference, so its ratio shows how much the noise alone moves a ratio. Then one speed
@@ -74,7 +74,7 @@ SHOWN = ["device", "model", "mode", "impl", "options", "img_s", "ratio", "peak_f
 EQUAL_TOL = 1e-4  # max |Δlogit| / max |logit| for the "numerically equal" eval options
 
 # Where each reference model lives in its repository, and the args namespace that builds
-# our config there (the repos' args.py names; backbones.md §1).
+# our config there (the repos' args.py names; the project spec, shared/spec/backbones.md §1).
 REFERENCES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "msdnet_cifar": (
         "models/msdnet.py",
@@ -149,7 +149,7 @@ def to_channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
 
 
 def train_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
-    """One SGD step on Σ_k CE(z_k, y), the reference recipe (methods.md §7)."""
+    """One SGD step on Σ_k CE(z_k, y), the reference recipe (shared/spec/methods.md §7)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def step() -> None:

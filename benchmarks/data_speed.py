@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from eebench.pipelines.data import build_loaders
 from eebench.pipelines.io import write_csv
+from eebench.pipelines.loaders import build_loaders
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_speed.csv"
 BATCH = 64

@@ -5,11 +5,11 @@ Both methods train `msdnet_fmnist` (10 classes, 1×28×28) on the same data: the
 synthetic 28×28, 10-class set of the same size, when the files are not installed), batch
 64, the `fmnist` recipe (SGD 0.1, cosine; epochs set long enough that the schedule barely
 moves), on the CPU with `--threads` (default 1) torch threads. Each method gets its own
-`Trainer` (the StepEngine: optimizers, schedules, finite-loss checks) built from a run
-config as `tests/pipelines/test_train.py::make_run` builds one, and the timed unit is the
-Trainer's training loop over one epoch (`Trainer._train_epoch`: batches, augmentation,
-learning rates, `method.training_step`, the epoch meter). Validation and checkpoints are
-not timed: they cost both methods the same.
+`Trainer` (the training loop, with its `Engine`: optimizers, schedules, finite-loss checks)
+built from a run config as `tests/pipelines/test_train.py::make_run` builds one, and the
+timed unit is the Trainer's training loop over one epoch (`Trainer._train_epoch`: batches,
+augmentation, learning rates, `method.training_step`, the epoch meter). Validation and
+checkpoints are not timed: they cost both methods the same.
 
 How to read it: `standard` is one step on Σ_k CE per batch; `joint_bilevel` makes two
 θ-steps on half-batches per batch and, every `phi_interval` (10) batches, two φ-steps
@@ -41,7 +41,7 @@ import torch
 
 from eebench.methods import TRAIN_METHODS
 from eebench.pipelines.config import validate
-from eebench.pipelines.data import get_dataset_info
+from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.train import EpochMeter, Trainer

@@ -1,25 +1,28 @@
-"""Methods: train-time algorithms, post-hoc calibrators and exit policies.
+"""Methods: train-time algorithms, post-hoc methods and exit rules.
 
 Every module of this folder is imported here, so a new method is one new file
-that registers itself with `@register_train_method`, `@register_calibrator` or
-`@register_exit_policy`.
+that registers itself with `@register_train_method`, `@register_posthoc_method` or
+`@register_exit_rule`.
 """
 
 import importlib
 import pkgutil
 
 from eebench.methods.base import (
-    CALIBRATORS,
-    EXIT_POLICIES,
+    EXIT_RULES,
+    POSTHOC_METHODS,
     TRAIN_METHODS,
-    ExitPolicy,
+    Display,
+    ExitOutput,
+    ExitRule,
     HyperparameterError,
-    PostHocCalibrator,
+    PostHocMethod,
     TrainContext,
     TrainMethod,
+    method_class,
     method_kind,
-    register_calibrator,
-    register_exit_policy,
+    register_exit_rule,
+    register_posthoc_method,
     register_train_method,
 )
 
@@ -28,16 +31,19 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "CALIBRATORS",
-    "EXIT_POLICIES",
+    "EXIT_RULES",
+    "POSTHOC_METHODS",
     "TRAIN_METHODS",
-    "ExitPolicy",
+    "Display",
+    "ExitOutput",
+    "ExitRule",
     "HyperparameterError",
-    "PostHocCalibrator",
+    "PostHocMethod",
     "TrainContext",
     "TrainMethod",
+    "method_class",
     "method_kind",
-    "register_calibrator",
-    "register_exit_policy",
+    "register_exit_rule",
+    "register_posthoc_method",
     "register_train_method",
 ]

@@ -1,23 +1,28 @@
-"""Base classes of the three kinds of methods, their registries and hyperparameter checks.
+"""The method interface: three kinds of methods, their registries and hyperparameter checks.
 
-- `TrainMethod` (train-time, DomainBed-style): one class per algorithm with its
-  training step and a dict of default hyperparameters (per dataset family).
-- `PostHocCalibrator` (OpenOOD-style postprocessor): fitted on the val outputs
-  (logits, features) of a trained run; returns calibrated log-probabilities and
-  per-exit exit scores.
-- `ExitPolicy`: turns a run's outputs into the per-exit scores that the budgeted
-  threshold protocol ranks (`max_softmax`, `score`).
+- `TrainMethod` (train-time, DomainBed-style): its training step, and its inference
+  (`exit_output`: what exit k predicts and scores from the backbone head's output, and
+  `extra_mflops`: what that costs beyond the backbone).
+- `PostHocMethod` (OpenOOD-style postprocessor): fitted on a trained run's val outputs
+  (logits, features, the heads' classifiers; never test), then the same `exit_output`
+  hook on top of the trained run's exits.
+- `ExitRule`: fitted on val for each operating point (a target proportion, a budget or
+  a single point) into `ExitDecision`s, one threshold per exit on a named score.
 
-Adding a method = one new file in `methods/` that subclasses one of these and
-registers itself; `methods/__init__.py` imports every module of the folder.
+Every method declares how it is shown (`Display`: label, colour, marker, the figures it
+appears in, the exit rule of its main curve), its variants, and optionally Table-like
+rows (`TableRows`) and hyperparameter sweeps (`Sweep`); the pipelines read these and
+never name a method. Adding a method = one new file in `methods/` that subclasses one of
+these and registers itself; `methods/__init__.py` imports every module of the folder.
 """
 
 from __future__ import annotations
 
 import copy
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -25,7 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eebench.pipelines.outputs import OWN_SCORE, ExitDecision, RunOutputs
 from eebench.pipelines.registry import Registry
+
+#: The generic exit score every exit has: the max softmax of its prediction logits.
+MAX_SOFTMAX = "max_softmax"
 
 
 class HyperparameterError(ValueError):
@@ -55,8 +64,64 @@ def _check_type(method: str, key: str, default: Any, value: Any) -> None:
         )
 
 
+# --------------------------------------------------------------------------- display
+
+
+#: The paper figures that compare train-time methods (anytime, budgeted, ImageNet).
+TRAIN_FIGURES: tuple[str, ...] = ("fig2_anytime", "fig3_budgeted", "fig5_imagenet")
+#: The paper figure of post-hoc methods.
+POSTHOC_FIGURES: tuple[str, ...] = ("fig4_posthoc",)
+FALLBACK_COLORS = ("#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+FALLBACK_MARKERS = ("P", "<", ">", "8", "H", "1")
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a method (or one of its variants) is shown in figures and tables.
+
+    `figures` names the registered figures it appears in (pipelines/figures); `main_rule`
+    is the exit rule of its main budgeted curve (post-hoc comparisons, paper overlay).
+    """
+
+    label: str
+    color: str
+    marker: str
+    figures: tuple[str, ...] = ()
+    main_rule: str = MAX_SOFTMAX
+
+
+@dataclass(frozen=True)
+class TableRows:
+    """Variants of a method that form the rows of a registered table (e.g. Table 1).
+
+    Rows are the default variant and every variant that changes only `hparam`, labelled by
+    that hyperparameter's value ('+'-joined for lists, in `order`), on backbones of `families`.
+    """
+
+    table: str
+    hparam: str
+    families: tuple[str, ...]
+    order: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A hyperparameter whose single-hyperparameter variants form a sensitivity curve."""
+
+    hparam: str
+    symbol: str
+    xlabel: str
+    log: bool = False
+
+
+def fallback_display(key: str) -> Display:
+    """A stable colour and marker from the name, for methods and variants that declare none."""
+    pick = zlib.crc32(key.encode())
+    return Display(key, FALLBACK_COLORS[pick % 6], FALLBACK_MARKERS[(pick // 6) % 6])
+
+
 class HasHparams:
-    """Mixin: a class-level table of default hyperparameters, resolved per family."""
+    """Mixin: defaults, per-family overrides, named variants and the display of each."""
 
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, Any]] = {}
@@ -64,8 +129,14 @@ class HasHparams:
     hparams_by_family: ClassVar[dict[str, dict[str, Any]]] = {}
     # Named variants: each is a dict with optional keys "hparams" (overrides),
     # "recipe" (recipe name), "activation", "init_from" (method[-variant] whose
-    # trained backbone is reused).
+    # trained backbone is reused), "display" (a dict of Display fields).
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    display: ClassVar[Display | None] = None
+    # Where a method that declares no display appears (set by each kind of method).
+    default_figures: ClassVar[tuple[str, ...]] = ()
+    default_main_rule: ClassVar[str] = MAX_SOFTMAX
+    table_rows: ClassVar[tuple[TableRows, ...]] = ()
+    sweeps: ClassVar[tuple[Sweep, ...]] = ()
 
     @classmethod
     def resolve_hparams(
@@ -93,6 +164,76 @@ class HasHparams:
             known = ", ".join(sorted(cls.variants)) or "(none)"
             raise HyperparameterError(f"{cls.name}: unknown variant {name!r}; known: {known}")
         return copy.deepcopy(cls.variants[name])
+
+    @classmethod
+    def display_of(cls, variant: str = "") -> Display:
+        """The method's display, or its variant's: declared fields over the method's, else a
+        fallback label `Method [variant]` in a colour of its own, shown in no paper figure."""
+        fallback = replace(
+            fallback_display(cls.name),
+            figures=cls.default_figures,
+            main_rule=cls.default_main_rule,
+        )
+        base = cls.display or fallback
+        if not variant:
+            return base
+        declared = cls.variant(variant).get("display")
+        if declared is not None:
+            return replace(base, **declared)
+        own = fallback_display(f"{cls.name}-{variant}")
+        return replace(own, label=f"{base.label} [{variant}]", main_rule=base.main_rule)
+
+    @classmethod
+    def swept_hparam(cls, variant: str) -> str | None:
+        """The one hyperparameter a variant changes when it changes nothing else, else None."""
+        definition = cls.variant(variant)
+        changed = list(definition.get("hparams", {}))
+        if variant and set(definition) - {"display"} == {"hparams"} and len(changed) == 1:
+            return changed[0]
+        return None
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@dataclass
+class ExitOutput:
+    """What one exit produces for a batch: prediction logits (B×C), the features its head
+    read (B×d) and exit scores by name (B each; larger = more ready to exit)."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: Per-sample state a method carries from one exit to the next (batch-first tensors, so
+#: that real early exit can drop the rows of samples that left).
+Memory = dict[str, torch.Tensor]
+
+
+class ExitHook(Protocol):
+    """The inference hook of train-time and post-hoc methods alike."""
+
+    def exit_output(self, k: int, head: ExitOutput, memory: Memory) -> ExitOutput: ...
+
+
+class InferenceCosts:
+    """Mixin: the method's extra per-exit MFLOPs and the scores it provides."""
+
+    #: Names of the exit scores `exit_output` adds (beyond the generic max softmax).
+    score_names: ClassVar[tuple[str, ...]] = ()
+    #: Method-specific exit rules (registered names) fitted for this method's runs.
+    exit_rules: ClassVar[tuple[str, ...]] = ()
+
+    def extra_mflops(self) -> dict[str, np.ndarray]:
+        """Per-exit (not cumulative) MFLOPs beyond the backbone, by what incurs them:
+        "predict" (every prediction) or a score name (only when an exit rule reads it).
+        Counted with fvcore (`eebench.backbones.flops.module_mflops`); none by default."""
+        return {}
+
+    def exit_output(self, k: int, head: ExitOutput, memory: Memory) -> ExitOutput:
+        """What exit k predicts and scores, from the head's output. Default: the head's."""
+        return head
 
 
 # --------------------------------------------------------------------------- train-time
@@ -145,7 +286,7 @@ class TrainContext:
     """Facts about the run that a method needs to build itself."""
 
     num_classes: int
-    exit_mflops: np.ndarray  # cumulative MFLOPs per exit, (K,)
+    exit_mflops: np.ndarray  # cumulative MFLOPs per exit of the backbone, (K,)
     family: str
     steps_per_epoch: int
     epochs: int
@@ -172,15 +313,14 @@ class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-class TrainMethod(HasHparams, nn.Module):
-    """A training algorithm for a multi-exit backbone.
+class TrainMethod(InferenceCosts, HasHparams, nn.Module):
+    """A training algorithm for a multi-exit backbone, and its inference.
 
     The method is an nn.Module so that its own trainable parts (e.g. a gater)
     move with `.to(device)` and are saved in checkpoints by the engine.
     """
 
-    # True when `exit_scores` gives the method's own per-exit exit scores.
-    has_exit_score: ClassVar[bool] = False
+    default_figures: ClassVar[tuple[str, ...]] = TRAIN_FIGURES
 
     def __init__(self, backbone: nn.Module, hparams: dict[str, Any], ctx: TrainContext) -> None:
         nn.Module.__init__(self)
@@ -200,12 +340,6 @@ class TrainMethod(HasHparams, nn.Module):
     ) -> StepOutput:
         raise NotImplementedError
 
-    def exit_scores(
-        self, logits: list[torch.Tensor], features: list[torch.Tensor]
-    ) -> torch.Tensor | None:
-        """Per-exit scores (K×B) for the `score` exit policy, or None."""
-        return None
-
 
 def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """CE per sample for hard labels (B,) or soft targets (B, C), e.g. Mixup/CutMix."""
@@ -222,70 +356,66 @@ def hard_labels(target: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- post-hoc
 
 
-@dataclass
-class RunOutputs:
-    """A trained run's saved outputs (protocol.md keys), plus optional features."""
+class PostHocMethod(InferenceCosts, HasHparams, nn.Module):
+    """Fitted on the val outputs (never test) of a trained run; then, exit by exit, turns
+    that run's exit outputs into its own (`exit_output`), in evaluation and deployment.
 
-    val_logits: np.ndarray  # K×N×C
-    val_labels: np.ndarray
-    test_logits: np.ndarray
-    test_labels: np.ndarray
-    flops: np.ndarray  # K, cumulative MFLOPs
-    val_scores: np.ndarray | None = None  # K×N
-    test_scores: np.ndarray | None = None
-    features: dict[str, list[np.ndarray]] | None = None  # split -> per-exit N×d_k
-    train_labels: np.ndarray | None = None
-    classifiers: list[tuple[np.ndarray, np.ndarray]] | None = None  # per-exit (W, b)
+    Fitted values are stored as buffers (`register_buffer`), so that `state_dict()` is
+    what the calibrate stage saves and `load_fitted` restores.
+    """
 
-    @property
-    def num_exits(self) -> int:
-        return self.val_logits.shape[0]
-
-
-@dataclass
-class Calibrated:
-    """What a calibrator returns for one split: log-probabilities and exit scores."""
-
-    log_probs: np.ndarray  # K×N×C
-    scores: np.ndarray  # K×N
-
-
-class PostHocCalibrator(HasHparams):
-    """Fitted on val outputs (never test) of a trained run; transforms any split."""
-
-    # Which extras of RunOutputs the calibrator needs: "features", "classifiers".
+    # Which extras of RunOutputs `fit` reads: "features" (train/val/test), "classifiers".
     needs: ClassVar[frozenset[str]] = frozenset()
+    default_figures: ClassVar[tuple[str, ...]] = POSTHOC_FIGURES
+    default_main_rule: ClassVar[str] = OWN_SCORE
 
-    def __init__(self, hparams: dict[str, Any], seed: int = 0) -> None:
+    def __init__(self, hparams: dict[str, Any], num_exits: int, seed: int = 0) -> None:
+        nn.Module.__init__(self)
         self.hp = hparams
+        self.num_exits = num_exits
         self.seed = seed
 
     def fit(self, outputs: RunOutputs) -> None:
         raise NotImplementedError
 
-    def transform(self, outputs: RunOutputs, split: str) -> Calibrated:
+    def load_fitted(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what `fit` stored (buffers are created, since their shapes come from data)."""
+        for name, tensor in state.items():
+            self.register_buffer(name, tensor.clone())
+
+
+# --------------------------------------------------------------------------- exit rules
+
+
+class ExitRule(HasHparams):
+    """Turns a run's val outputs into exit decisions, one per operating point.
+
+    `score` is the score it thresholds: MAX_SOFTMAX, the method's own score, or a score a
+    method names. `generic` rules are fitted for every run that has their score; other
+    rules only for methods that list them in `exit_rules`. `draws_as` tells figures to
+    draw its points as a line ("curve") or as markers ("points").
+    """
+
+    score: ClassVar[str] = MAX_SOFTMAX
+    generic: ClassVar[bool] = False
+    draws_as: ClassVar[str] = "curve"
+    linestyle: ClassVar[str] = "-"
+    legend_suffix: ClassVar[str] = ""
+
+    def __init__(self, method_hparams: Mapping[str, Any] | None = None) -> None:
+        self.method_hp = dict(method_hparams or {})
+
+    def applies_to(self, outputs: RunOutputs) -> bool:
+        return self.score == MAX_SOFTMAX or self.score in outputs.val.scores
+
+    def fit(self, outputs: RunOutputs) -> list[ExitDecision]:
+        """Decisions fitted on `outputs.val` only (test is never read)."""
         raise NotImplementedError
-
-
-# --------------------------------------------------------------------------- exit policies
-
-
-class ExitPolicy:
-    """Turns a run's outputs into per-exit scores (K×N) for the threshold protocol."""
-
-    name: ClassVar[str] = ""
-
-    def scores(self, logits: np.ndarray, provided: np.ndarray | None) -> np.ndarray:
-        raise NotImplementedError
-
-    def applies_to(self, outputs_keys: set[str]) -> bool:
-        """Whether this policy can run on a file with these keys."""
-        return True
 
 
 TRAIN_METHODS: Registry[type[TrainMethod]] = Registry("train method")
-CALIBRATORS: Registry[type[PostHocCalibrator]] = Registry("post-hoc calibrator")
-EXIT_POLICIES: Registry[type[ExitPolicy]] = Registry("exit policy", "exit policies")
+POSTHOC_METHODS: Registry[type[PostHocMethod]] = Registry("post-hoc method")
+EXIT_RULES: Registry[type[ExitRule]] = Registry("exit rule")
 
 
 def _registering(registry: Registry[Any]) -> Callable[[Any], Any]:
@@ -296,15 +426,31 @@ def _registering(registry: Registry[Any]) -> Callable[[Any], Any]:
 
 
 register_train_method = _registering(TRAIN_METHODS)
-register_calibrator = _registering(CALIBRATORS)
-register_exit_policy = _registering(EXIT_POLICIES)
+register_posthoc_method = _registering(POSTHOC_METHODS)
+register_exit_rule = _registering(EXIT_RULES)
 
 
 def method_kind(name: str) -> str:
     """'train', 'posthoc', or an error listing every registered method."""
     if name in TRAIN_METHODS:
         return "train"
-    if name in CALIBRATORS:
+    if name in POSTHOC_METHODS:
         return "posthoc"
-    known = ", ".join(TRAIN_METHODS.names() + CALIBRATORS.names())
+    known = ", ".join(TRAIN_METHODS.names() + POSTHOC_METHODS.names())
     raise HyperparameterError(f"unknown method {name!r}; registered methods: {known}")
+
+
+def method_class(name: str) -> type[TrainMethod] | type[PostHocMethod]:
+    """The registered class of a train-time or post-hoc method."""
+    registry = TRAIN_METHODS if method_kind(name) == "train" else POSTHOC_METHODS
+    return registry.get(name)
+
+
+def rules_for(method: type[InferenceCosts], outputs: RunOutputs) -> list[str]:
+    """The exit rules fitted for a run: every generic rule whose score it has, then its own."""
+    generic = [
+        name
+        for name in EXIT_RULES.names()
+        if EXIT_RULES.get(name).generic and EXIT_RULES.get(name)().applies_to(outputs)
+    ]
+    return [*generic, *(r for r in method.exit_rules if r not in generic)]

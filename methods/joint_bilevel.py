@@ -5,10 +5,10 @@ gives P_k, the probability of exiting at k; Eq. 5 turns P into Pr(k|x) and Eq. 9
 sharpens it with a temperature T into the exit distribution A. The backbone θ
 minimises Σ_k (A_k + 1)(CE_k + λĉ_k) (Eq. 10, inner) with gradient through A
 (Eq. 11); the gater φ minimises Σ_k A_k (CE_k + λĉ_k) on logits that are constants
-(Eq. 10 outer, Eq. 12). As in the released code (methods.md §1), each batch is split
+(Eq. 10 outer, Eq. 12). As in the released code (shared/spec/methods.md §1), each batch is split
 in halves that alternate as inner and outer data, one first-order step each.
 
-Paper vs this file (numbers refer to methods.md §1 "Paper vs code"):
+Paper vs this file (numbers refer to shared/spec/methods.md §1, "Paper vs code"):
 - Follows the paper: features confidence+entropy (CIFAR) / all three (ImageNet),
   hidden 500, λ=2, φ lr 1e-3→1e-5, φ interval 10 / 100 (items 1, 3–6). The variant
   `released_code` switches to the code's confidence+margin, hidden 100, λ=0.1,
@@ -27,26 +27,41 @@ Paper vs this file (numbers refer to methods.md §1 "Paper vs code"):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eebench.backbones.flops import module_mflops
 from eebench.methods.base import (
+    POSTHOC_FIGURES,
+    TRAIN_FIGURES,
+    Display,
+    ExitOutput,
     HyperparameterError,
+    Memory,
     OptimizerHandle,
     StepEngine,
     StepOutput,
+    Sweep,
+    TableRows,
     TrainContext,
     TrainMethod,
     per_sample_cross_entropy,
     register_train_method,
 )
+from eebench.pipelines.outputs import OWN_SCORE
 
 FEATURES: tuple[str, ...] = ("confidence", "margin", "entropy")
+#: Row order of Table 1: single features, then pairs, then all three (the paper's order).
+FEATURE_ROWS: tuple[str, ...] = tuple(
+    "+".join(subset) for size in (1, 2, 3) for subset in itertools.combinations(FEATURES, size)
+)
 EPS = 1e-5  # inside both logs of the exit distribution, as in the released code
 
 
@@ -122,6 +137,10 @@ class ExitGater(nn.Module):
         width = len(self.features)
         self.mlps = nn.ModuleList(_mlp(width, hidden, num_layers) for _ in range(num_exits - 1))
 
+    def exit_probability(self, k: int, logits: torch.Tensor) -> torch.Tensor:
+        """P_k (B,) of exit k < K from that exit's logits alone."""
+        return self.mlps[k](gater_features(logits, self.features)).squeeze(1)
+
     def forward(self, logits: Sequence[torch.Tensor]) -> torch.Tensor:
         """P (B×(K−1)) in (0, 1) from the K exits' logits (the last exit's are not read)."""
         if len(logits) != self.num_exits:
@@ -163,7 +182,18 @@ class JointBilevel(TrainMethod):
     """
 
     name: ClassVar[str] = "joint_bilevel"
-    has_exit_score: ClassVar[bool] = True
+    score_names: ClassVar[tuple[str, ...]] = (OWN_SCORE,)
+    display: ClassVar[Display] = Display(
+        "Ours (joint_bilevel)", "#d62728", "D", figures=(*TRAIN_FIGURES, *POSTHOC_FIGURES)
+    )
+    # Table 1: MSDNet runs that differ only in their gater features.
+    table_rows: ClassVar[tuple[TableRows, ...]] = (
+        TableRows("table1", "features", families=("msdnet",), order=FEATURE_ROWS),
+    )
+    sweeps: ClassVar[tuple[Sweep, ...]] = (
+        Sweep("lam", "λ", "λ (weight of the cost term, log scale)", log=True),
+        Sweep("temperature", "T", "T (temperature of the exit distribution)"),
+    )
     hparams: ClassVar[dict[str, Any]] = {
         "features": ["confidence", "entropy"],
         "hidden": 500,
@@ -196,8 +226,17 @@ class JointBilevel(TrainMethod):
                 FEATURES,
             )
         },
-        "frozen": {"hparams": {"frozen_backbone": True}, "init_from": "standard"},
-        # The authors' code as released (methods.md §1): φ every 10 iterations everywhere.
+        "frozen": {
+            "hparams": {"frozen_backbone": True},
+            "init_from": "standard",
+            "display": {
+                "label": "frozen + Ours",
+                "color": "#9467bd",
+                "marker": "v",
+                "figures": ("fig3_budgeted",),
+            },
+        },
+        # The authors' released code (shared/spec/methods.md §1): φ every 10 iterations.
         "released_code": {
             "hparams": {
                 "features": ["confidence", "margin"],
@@ -208,6 +247,7 @@ class JointBilevel(TrainMethod):
             },
             "recipe": "released_code",
             "activation": "gelu",
+            "display": {"label": "Ours (released code)", "color": "#e377c2", "marker": "d"},
         },
         "lam=0.5": {"hparams": {"lam": 0.5}},
         "lam=1": {"hparams": {"lam": 1.0}},
@@ -322,10 +362,18 @@ class JointBilevel(TrainMethod):
 
     # ------------------------------------------------------------------ inference
 
-    def exit_scores(
-        self, logits: list[torch.Tensor], features: list[torch.Tensor]
-    ) -> torch.Tensor | None:
-        """K×B: the gater's P_k for k<K and 1 for the last exit, which always exits."""
-        with torch.no_grad():
-            P = self.gater([z.float() for z in logits])
-        return torch.cat([P.T, P.new_ones(1, P.shape[0])])
+    def exit_output(self, k: int, head: ExitOutput, memory: Memory) -> ExitOutput:
+        """The head's prediction; exit score P_k from MLP_k (1 at the last exit, which
+        always exits)."""
+        if k == self.ctx.num_exits - 1:
+            score = head.logits.new_ones(head.logits.shape[0], dtype=torch.float32)
+        else:
+            score = self.gater.exit_probability(k, head.logits)
+        return ExitOutput(head.logits, head.features, {**head.scores, OWN_SCORE: score})
+
+    def extra_mflops(self) -> dict[str, np.ndarray]:
+        """MLP_k's MFLOPs at exit k < K (fvcore, like the backbone), under the score rule only:
+        with max-softmax exits the authors' inference never runs the gater."""
+        width = len(self.gater.features)
+        per_exit = [module_mflops(mlp, torch.zeros(1, width)) for mlp in self.gater.mlps]
+        return {OWN_SCORE: np.array([*per_exit, 0.0])}

@@ -7,6 +7,9 @@ from typing import ClassVar
 import torch
 
 from eebench.methods.base import (
+    POSTHOC_FIGURES,
+    TRAIN_FIGURES,
+    Display,
     StepEngine,
     StepOutput,
     TrainMethod,
@@ -19,6 +22,10 @@ from eebench.methods.base import (
 class Standard(TrainMethod):
     name: ClassVar[str] = "standard"
     hparams: ClassVar[dict] = {}
+    # The reference of every comparison, post-hoc ones included.
+    display: ClassVar[Display] = Display(
+        "standard", "#1f77b4", "o", figures=(*TRAIN_FIGURES, *POSTHOC_FIGURES)
+    )
 
     def training_step(
         self, x: torch.Tensor, target: torch.Tensor, step: int, engine: StepEngine

@@ -1,8 +1,9 @@
 """The calibrate stage: fit a post-hoc method on a trained run's val outputs, never test.
 
-The calibrated run gets its own run directory with the same files as a trained
-run: `outputs.npz` (its log-probabilities stand in for logits; its exit scores
-are `val_scores`/`test_scores`), `anytime.csv` and `budgeted.csv`.
+The post-hoc run gets its own run directory with the same files as a trained run
+(`outputs.npz`, `exit_rules.json`, `anytime.csv`, `budgeted.csv`) and `model.pt`, the
+fitted method's state. Its outputs come from replaying the source run's saved exits
+through the method's `exit_output`, the hook that real early exit runs too.
 """
 
 from __future__ import annotations
@@ -12,70 +13,52 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from eebench.methods import CALIBRATORS
-from eebench.methods.base import RunOutputs
-from eebench.pipelines.evaluate import write_run_results
+from eebench.methods import POSTHOC_METHODS, ExitOutput, PostHocMethod
+from eebench.methods.base import MAX_SOFTMAX
+from eebench.methods.inference import replay
+from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.evaluate import run_costs, write_run_results
 from eebench.pipelines.io import write_yaml
+from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_outputs
 
 log = logging.getLogger(__name__)
 
 
-def load_run_outputs(run_dir: Path, with_features: bool) -> RunOutputs:
-    """A trained run's outputs.npz (and features.npz when asked), checked for completeness."""
-    path = run_dir / "outputs.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `eebench evaluate` on {run_dir} first")
-    with np.load(path) as data:
-        arrays = {key: data[key] for key in data.files}
-    outputs = RunOutputs(
-        val_logits=arrays["val_logits"],
-        val_labels=arrays["val_labels"],
-        test_logits=arrays["test_logits"],
-        test_labels=arrays["test_labels"],
-        flops=arrays["flops"],
-        val_scores=arrays.get("val_scores"),
-        test_scores=arrays.get("test_scores"),
+def _exit_arrays(exits: list[list[ExitOutput]], read: Any) -> np.ndarray:
+    """K×N… array of one field of the replayed outputs ([exit][batch])."""
+    return np.stack([torch.cat([read(o) for o in batches]).float().numpy() for batches in exits])
+
+
+def apply_posthoc(method: PostHocMethod, split: SplitOutputs) -> SplitOutputs:
+    """The method's predictions and scores on a saved split of its source run."""
+    n = split.labels.shape[0]
+    features = split.features or [np.zeros((n, 0), np.float32)] * split.num_exits
+    batches = replay(
+        [method], [torch.from_numpy(f) for f in features], torch.from_numpy(split.logits)
     )
-    if with_features:
-        outputs.features, outputs.train_labels = _load_features(run_dir / "features.npz")
-    return outputs
-
-
-def _load_features(path: Path) -> tuple[dict[str, list[np.ndarray]], np.ndarray | None]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: evaluate the source run without --no-features"
-        )
-    with np.load(path) as data:
-        features: dict[str, list[np.ndarray]] = {}
-        for split in ("train", "val", "test"):
-            keys = sorted(
-                (k for k in data.files if k.startswith(f"{split}_features_")),
-                key=lambda k: int(k.rsplit("_", 1)[1]),
-            )
-            features[split] = [data[k] for k in keys]
-        train_labels = data["train_labels"] if "train_labels" in data.files else None
-    return features, train_labels
+    exits = [list(per_exit) for per_exit in zip(*batches, strict=True)]
+    names = exits[0][0].scores.keys() - {MAX_SOFTMAX}
+    scores = {name: _exit_arrays(exits, lambda out, name=name: out.scores[name]) for name in names}
+    return SplitOutputs(_exit_arrays(exits, lambda out: out.logits), split.labels, scores)
 
 
 def calibrate_run(run: dict[str, Any], run_dir: Path) -> None:
-    """Fit the run's calibrator on its source run and write the calibrated outputs."""
+    """Fit the run's post-hoc method on its source run and write the post-hoc run's files."""
     source = Path(run["source"])
-    calibrator_cls = CALIBRATORS.get(run["method"])
-    outputs = load_run_outputs(source, with_features="features" in calibrator_cls.needs)
+    method_cls = POSTHOC_METHODS.get(run["method"])
+    outputs = read_outputs(source, with_features="features" in method_cls.needs)
     write_yaml(run_dir / "config.yaml", run)
-    calibrator = calibrator_cls(run["hparams"], seed=run["seed"])
+    method = method_cls(run["hparams"], outputs.num_exits, seed=run["seed"])
     log.info("fitting %s on the val outputs of %s", run["method"], source)
-    calibrator.fit(outputs)
-    val, test = calibrator.transform(outputs, "val"), calibrator.transform(outputs, "test")
-    calibrated = {
-        "val_logits": val.log_probs.astype(np.float32),
-        "val_labels": outputs.val_labels,
-        "test_logits": test.log_probs.astype(np.float32),
-        "test_labels": outputs.test_labels,
-        "flops": outputs.flops,
-        "val_scores": val.scores.astype(np.float32),
-        "test_scores": test.scores.astype(np.float32),
-    }
-    write_run_results(run_dir, calibrated, run)
+    method.fit(outputs)
+    flops, score_flops = run_costs(method, outputs.flops)
+    calibrated = RunOutputs(
+        val=apply_posthoc(method, outputs.val),
+        test=apply_posthoc(method, outputs.test),
+        flops=flops,
+        score_flops=score_flops,
+    )
+    ckpt.save_torch(run_dir / "model.pt", {"method": method.state_dict()})
+    write_run_results(run_dir, calibrated, method_cls, run)

@@ -45,7 +45,7 @@ def _split_dir(root: Path) -> Path:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from eebench.pipelines.data import prepare_dataset
+    from eebench.pipelines.datasets import prepare_dataset
 
     print(prepare_dataset(args.name, args.root, args.download))
 
@@ -63,7 +63,8 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from eebench.pipelines.data import get_dataset_info, get_split
+    from eebench.pipelines.datasets import get_dataset_info
+    from eebench.pipelines.splits import get_split
 
     study, root = _study_paths(args)
     info = get_dataset_info(args.dataset)
@@ -136,16 +137,16 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from eebench.backbones import list_models
-    from eebench.methods import CALIBRATORS, EXIT_POLICIES, TRAIN_METHODS
-    from eebench.pipelines.data import DATASETS
+    from eebench.methods import EXIT_RULES, POSTHOC_METHODS, TRAIN_METHODS
+    from eebench.pipelines.datasets import DATASETS
     from eebench.pipelines.recipes import RECIPES
 
     for title, names in [
         ("datasets", DATASETS.names()),
         ("backbones", list_models()),
         ("train-time methods", TRAIN_METHODS.names()),
-        ("post-hoc calibrators", CALIBRATORS.names()),
-        ("exit policies", EXIT_POLICIES.names()),
+        ("post-hoc methods", POSTHOC_METHODS.names()),
+        ("exit rules", EXIT_RULES.names()),
         ("recipes", RECIPES.names()),
     ]:
         print(f"{title}: {', '.join(names) or '(none)'}")
@@ -184,7 +185,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "calibrate": (cmd_calibrate, "fit a post-hoc method on a trained run's val outputs"),
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
-    "list": (cmd_list, "list registered datasets, backbones, methods, policies and recipes"),
+    "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
 }
 
 

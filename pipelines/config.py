@@ -86,7 +86,7 @@ class RunSpec:
 
     @property
     def path(self) -> str:
-        """Run directory relative to results/<study>/ (protocol.md)."""
+        """Run directory relative to results/<study>/ (docs/protocol.md)."""
         return f"runs/{self.dataset}/{self.backbone}/{self.method_dir}/seed{self.seed}"
 
     @classmethod
@@ -133,15 +133,15 @@ def resolve_run(
 ) -> dict[str, Any]:
     """The complete, validated config of one run (saved as its config.yaml)."""
     from eebench.backbones import get_model_config
-    from eebench.methods import CALIBRATORS, TRAIN_METHODS, HyperparameterError, method_kind
-    from eebench.pipelines.data import get_dataset_info
+    from eebench.methods import HyperparameterError, method_class, method_kind
+    from eebench.pipelines.datasets import get_dataset_info
 
     where = f"{spec.path}"
     try:
         info = get_dataset_info(spec.dataset)
         get_model_config(spec.backbone)
         kind = method_kind(spec.method)
-        cls = TRAIN_METHODS.get(spec.method) if kind == "train" else CALIBRATORS.get(spec.method)
+        cls = method_class(spec.method)
         variant = cls.variant(spec.variant)
         entry = _run_entry(study, spec)
         overrides = {**variant.get("hparams", {}), **entry.get("hparams", {})}

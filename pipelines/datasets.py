@@ -69,6 +69,7 @@ class DatasetInfo:
     n_test: int
     crop_padding: int
     hflip: bool
+    label: str  # how figures and captions name it
     # locate(root, download) -> folder holding the files (None: generated in memory);
     # raises DatasetNotFoundError. load(folder, **kwargs) -> InMemoryData | FolderData.
     locate: Callable[[Path, bool], Path | None] = field(repr=False, compare=False)
@@ -405,6 +406,7 @@ FASHION_MNIST = _register(
         n_test=10_000,
         crop_padding=2,
         hflip=False,
+        label="Fashion-MNIST",
         locate=_locate_fmnist,
         load=_load_fmnist,
     )
@@ -426,6 +428,7 @@ CIFAR10 = _register(
         n_test=10_000,
         crop_padding=4,
         hflip=True,
+        label="CIFAR-10",
         locate=lambda root, download: _locate_cifar("cifar10", root, download),
         load=lambda folder: _load_cifar(CIFAR10, folder),
     )
@@ -434,6 +437,7 @@ CIFAR100 = _register(
     dataclasses.replace(
         CIFAR10,
         name="cifar100",
+        label="CIFAR-100",
         num_classes=100,
         mean=(0.5071, 0.4867, 0.4408),
         std=(0.2675, 0.2565, 0.2761),
@@ -455,6 +459,7 @@ IMAGENET = _register(
         n_test=50_000,
         crop_padding=0,  # RandomResizedCrop instead
         hflip=True,
+        label="ImageNet",
         locate=_locate_imagenet,
         load=_load_imagenet,
     )
@@ -473,6 +478,7 @@ SYNTHETIC = _register(
         n_test=256,
         crop_padding=0,  # the class patterns are not translation invariant
         hflip=False,
+        label="synthetic",
         locate=lambda root, download: None,
         load=lambda folder, **kwargs: make_synthetic(**kwargs),
     )

@@ -7,9 +7,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from eebench.methods.base import HyperparameterError
     from eebench.pipelines.checkpoint import CorruptCheckpointError
     from eebench.pipelines.config import ConfigError
-    from eebench.pipelines.data import DatasetNotFoundError
+    from eebench.pipelines.datasets import DatasetNotFoundError
+    from eebench.pipelines.engine import NonFiniteLossError
     from eebench.pipelines.registry import UnknownNameError
-    from eebench.pipelines.train import NonFiniteLossError
 
     return (
         ConfigError,

@@ -1,16 +1,15 @@
-"""The evaluate stage: a trained run's logits, features and exit scores, then its curves.
+"""The evaluate stage: a trained run's outputs, its fitted exit rules, then its curves.
 
-`outputs.npz` holds the protocol.md keys (val/test logits and labels, cumulative
-`flops`, and `val_scores`/`test_scores` when the method has its own exit score);
-`features.npz` holds per-exit pre-classifier features of train (a subset), val
-and test for post-hoc methods. The run's anytime and budgeted rows are written
-beside them, for every exit policy that applies.
+Every exit's prediction, features and exit scores come from the method's own inference
+(`methods/inference.py`, exit by exit), on val and test and, for post-hoc methods, a
+train subset. The run's exit rules are fitted on val and saved (`exit_rules.json`);
+its anytime rows and one block of budgeted rows per exit rule are written beside the
+outputs (`pipelines/outputs.py` is the only reader and writer of those files).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +18,40 @@ import pandas as pd
 import torch
 
 from eebench.backbones import MultiExitNet, fold_batchnorm
-from eebench.methods import EXIT_POLICIES
-from eebench.methods.base import TrainMethod
+from eebench.methods import EXIT_RULES
+from eebench.methods.base import MAX_SOFTMAX, InferenceCosts, TrainMethod, rules_for
+from eebench.methods.inference import ExitByExit
 from eebench.pipelines import protocol
-from eebench.pipelines.io import write_csv, write_npz
+from eebench.pipelines.io import write_csv
+from eebench.pipelines.outputs import (
+    ExitDecision,
+    RunOutputs,
+    SplitOutputs,
+    write_decisions,
+    write_outputs,
+)
 
 log = logging.getLogger(__name__)
 
 RUN_KEYS = ("dataset", "backbone", "method", "variant", "seed")
-
-
-@dataclass
-class Collected:
-    """Per-exit outputs of one split, as numpy arrays (K first)."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    features: list[np.ndarray] = field(default_factory=list)
-    scores: np.ndarray | None = None
+BUDGETED_COLUMNS = [*RUN_KEYS[:4], "policy", "seed", "p", "q", "mflops", "top1", "exit_fractions"]
 
 
 def inference_copy(backbone: MultiExitNet) -> MultiExitNet:
     """BN folded into the convs, channels_last: eval-mode logits up to float rounding, and
     1.5–1.8× faster (benchmarks/backbone_speed.py, `fast`). Not for a compiled backbone."""
     return fold_batchnorm(backbone).to(memory_format=torch.channels_last)
+
+
+def method_runner(method: TrainMethod, fast: bool = False) -> ExitByExit:
+    """The method's exit-by-exit inference, on a fast copy of its backbone if asked."""
+    backbone = inference_copy(method.backbone) if fast else method.backbone
+    return ExitByExit(backbone, [method])
+
+
+def _per_exit(per_batch: list[list[torch.Tensor]], n: int) -> list[np.ndarray]:
+    """[batch][exit] tensors -> per exit, the float32 array of the first n samples."""
+    return [torch.cat(per_exit)[:n].float().numpy() for per_exit in zip(*per_batch, strict=True)]
 
 
 @torch.inference_mode()
@@ -54,109 +63,131 @@ def collect(
     with_features: bool = False,
     max_samples: int | None = None,
     fast: bool = False,
-) -> Collected:
-    """Run the backbone in eval mode over `batches` and stack what each exit produced.
+) -> SplitOutputs:
+    """The method's outputs of every exit over `batches` (eval mode), stacked K first.
 
     `fast` runs an `inference_copy` of the backbone on channels_last inputs.
     """
     method.eval()
-    backbone = inference_copy(method.backbone) if fast else method.backbone
-    logits: list[list[torch.Tensor]] = []
-    features: list[list[torch.Tensor]] = []
-    scores: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
+    runner = method_runner(method, fast)
+    memory_format = torch.channels_last if fast else torch.preserve_format
+    logits, features, labels = [], [], []
+    scores: dict[str, list[list[torch.Tensor]]] = {}
     seen = 0
     for x, y in batches:
-        x = x.to(device, memory_format=torch.channels_last if fast else torch.preserve_format)
-        exit_logits, exit_features = backbone(x, return_features=True)
-        logits.append([z.float().cpu() for z in exit_logits])
+        exits = runner.all_exits(x.to(device, memory_format=memory_format))
+        logits.append([out.logits.cpu() for out in exits])
         if with_features:
-            features.append([f.float().cpu() for f in exit_features])
-        batch_scores = method.exit_scores(exit_logits, exit_features)
-        if batch_scores is not None:
-            scores.append(batch_scores.float().cpu())
+            features.append([out.features.cpu() for out in exits])
+        for name in exits[0].scores.keys() - {MAX_SOFTMAX}:
+            scores.setdefault(name, []).append([out.scores[name].cpu() for out in exits])
         labels.append(y.cpu())
         seen += len(y)
         if max_samples is not None and seen >= max_samples:
             break
     n = min(seen, max_samples) if max_samples is not None else seen
-    stacked = np.stack([torch.cat(per_exit)[:n].numpy() for per_exit in zip(*logits, strict=True)])
-    return Collected(
-        logits=stacked.astype(np.float32),
+    return SplitOutputs(
+        logits=np.stack(_per_exit(logits, n)),
         labels=torch.cat(labels)[:n].numpy().astype(np.int64),
-        features=[torch.cat(f)[:n].numpy() for f in zip(*features, strict=True)],
-        scores=torch.cat(scores, dim=1)[:, :n].numpy().astype(np.float32) if scores else None,
+        scores={name: np.stack(_per_exit(values, n)) for name, values in scores.items()},
+        features=_per_exit(features, n) if with_features else None,
     )
 
 
-def exit_top1(collected: Collected) -> list[float]:
+def exit_top1(split: SplitOutputs) -> list[float]:
     """Top-1 (percent) of every exit."""
-    predictions = collected.logits.argmax(axis=-1)
-    return [float(100.0 * (p == collected.labels).mean()) for p in predictions]
+    return split.top1()
 
 
-def outputs_arrays(val: Collected, test: Collected, flops: np.ndarray) -> dict[str, np.ndarray]:
-    """The protocol.md keys of a run's logits file."""
-    arrays = {
-        "val_logits": val.logits,
-        "val_labels": val.labels,
-        "test_logits": test.logits,
-        "test_labels": test.labels,
-        "flops": np.asarray(flops, dtype=np.float64),
+def run_costs(
+    method: InferenceCosts, backbone_mflops: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Cumulative MFLOPs per exit of a prediction, and of a prediction plus each score.
+
+    The method's "predict" extras count for every prediction; a score's extras count
+    only in the curves of exit rules that read that score.
+    """
+    extras = method.extra_mflops()
+    flops = np.asarray(backbone_mflops, dtype=np.float64)
+    if "predict" in extras:
+        flops = flops + np.cumsum(extras["predict"])
+    score_flops = {
+        name: flops + np.cumsum(values) for name, values in extras.items() if name != "predict"
     }
-    if val.scores is not None and test.scores is not None:
-        arrays["val_scores"] = val.scores
-        arrays["test_scores"] = test.scores
-    return arrays
+    return flops, score_flops
 
 
-def features_arrays(splits: dict[str, Collected]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    for split, collected in splits.items():
-        arrays[f"{split}_labels"] = collected.labels
-        for k, feats in enumerate(collected.features):
-            arrays[f"{split}_features_{k}"] = feats.astype(np.float32)
-    return arrays
+def fit_decisions(
+    method: type[InferenceCosts], hparams: dict[str, Any], outputs: RunOutputs
+) -> list[ExitDecision]:
+    """Every exit rule of the run, fitted on val."""
+    return [
+        decision
+        for name in rules_for(method, outputs)
+        for decision in EXIT_RULES.get(name)(hparams).fit(outputs)
+    ]
+
+
+def budgeted_rows(outputs: RunOutputs, decisions: list[ExitDecision]) -> pd.DataFrame:
+    """Test rows of every decision (columns rule, p, q, mflops, top1, exit_fractions),
+    one block per rule, in the order the decisions come."""
+    blocks = []
+    correct = outputs.test.correct
+    for rule in dict.fromkeys(d.rule for d in decisions):
+        chosen = [d for d in decisions if d.rule == rule]
+        score = chosen[0].score
+        test_scores = (
+            protocol.softmax_confidence(outputs.test.logits)
+            if score == MAX_SOFTMAX
+            else outputs.test.scores[score]
+        )
+        thresholds = np.array([d.thresholds for d in chosen])
+        rows = protocol.thresholded_rows(test_scores, correct, outputs.costs(score), thresholds)
+        rows.insert(0, "q", [d.q for d in chosen])
+        rows.insert(0, "p", [d.point for d in chosen])
+        blocks.append(rows.assign(policy=rule))
+    return pd.concat(blocks, ignore_index=True)
 
 
 def run_curves(
-    outputs: dict[str, np.ndarray], run: dict[str, Any]
+    outputs: RunOutputs, decisions: list[ExitDecision], run: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Anytime rows and budgeted rows (one block per applicable exit policy) of one run."""
+    """Anytime rows and budgeted rows (one block per exit rule) of one run."""
     ident = {key: run[key] for key in RUN_KEYS}
-    anytime = protocol.anytime_curve(
-        outputs["test_logits"], outputs["test_labels"], outputs["flops"]
-    )
+    anytime = protocol.anytime_curve(outputs.test.logits, outputs.test.labels, outputs.flops)
     anytime = anytime.assign(**ident)[[*RUN_KEYS, "exit", "mflops", "top1"]]
-    blocks = []
-    for name in EXIT_POLICIES.names():
-        policy = EXIT_POLICIES.get(name)()
-        if not policy.applies_to(set(outputs)):
-            continue
-        curve = protocol.budgeted_curve(
-            policy.scores(outputs["val_logits"], outputs.get("val_scores")),
-            policy.scores(outputs["test_logits"], outputs.get("test_scores")),
-            outputs["test_logits"].argmax(-1) == outputs["test_labels"],
-            outputs["flops"],
-        )
-        blocks.append(curve.assign(policy=name, **ident))
-    columns = [*RUN_KEYS[:4], "policy", "seed", "p", "q", "mflops", "top1", "exit_fractions"]
-    budgeted = pd.concat(blocks, ignore_index=True)[columns]
+    budgeted = budgeted_rows(outputs, decisions).assign(**ident)[BUDGETED_COLUMNS]
     return anytime, budgeted
 
 
-def write_run_results(run_dir: Path, outputs: dict[str, np.ndarray], run: dict[str, Any]) -> None:
-    """outputs.npz, anytime.csv, budgeted.csv of one run, each written atomically."""
-    anytime, budgeted = run_curves(outputs, run)
-    write_npz(run_dir / "outputs.npz", **outputs)
+def write_run_results(
+    run_dir: Path,
+    outputs: RunOutputs,
+    method: type[InferenceCosts],
+    run: dict[str, Any],
+    with_features: bool = False,
+) -> None:
+    """outputs.npz (+ features.npz), exit_rules.json, anytime.csv, budgeted.csv of one run."""
+    decisions = fit_decisions(method, run["hparams"], outputs)
+    anytime, budgeted = run_curves(outputs, decisions, run)
+    write_outputs(run_dir, outputs, with_features)
+    write_decisions(run_dir, decisions)
     write_csv(run_dir / "anytime.csv", anytime)
     write_csv(run_dir / "budgeted.csv", budgeted)
     summary = ", ".join(f"{row.mflops:.2f}M: {row.top1:.2f}%" for row in anytime.itertuples())
     log.info("anytime top-1 per exit (test): %s", summary)
 
 
+def classifiers_of(backbone: MultiExitNet) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(W, b) of every exit's classifier, for post-hoc methods that read them."""
+    return [
+        (layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy())
+        for layer in backbone.exit_classifiers()
+    ]
+
+
 def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) -> None:
-    """Write a finished run's outputs.npz (+ features.npz), anytime.csv and budgeted.csv."""
+    """Write a finished run's outputs, fitted exit rules and curves."""
     from eebench.pipelines.config import load_run_config
     from eebench.pipelines.runs import build_method, make_loaders, resolve_device, trained_state
 
@@ -167,13 +198,14 @@ def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) 
     info = loaders.info
     method = build_method(run, info.num_classes, info.family, len(loaders.train), device)
     method.load_state_dict(state)
-    splits = {
-        split: collect(method, loader.iterate(0), device, with_features=with_features, fast=True)
-        for split, loader in (("val", loaders.val), ("test", loaders.test))
-    }
-    outputs = outputs_arrays(splits["val"], splits["test"], method.ctx.exit_mflops)
+    val, test = (
+        collect(method, loader.iterate(0), device, with_features=with_features, fast=True)
+        for loader in (loaders.val, loaders.test)
+    )
+    flops, score_flops = run_costs(method, method.ctx.exit_mflops)
+    outputs = RunOutputs(val, test, flops, score_flops, classifiers_of(method.backbone))
     if with_features:
-        splits["train"] = collect(
+        outputs.train = collect(
             method,
             loaders.train_eval.iterate(0),
             device,
@@ -181,5 +213,4 @@ def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) 
             max_samples=run.get("features_subset") or None,
             fast=True,
         )
-        write_npz(run_dir / "features.npz", **features_arrays(splits))
-    write_run_results(run_dir, outputs, run)
+    write_run_results(run_dir, outputs, type(method), run, with_features)

@@ -1,4 +1,4 @@
-"""Anytime and budgeted-batch evaluation, exactly as `spec/protocol.md` defines them.
+"""Anytime and budgeted-batch evaluation, exactly as `docs/protocol.md` defines them.
 
 The budgeted protocol (MSDNet's dynamic evaluation) fits one threshold per exit on
 val so that target proportions of samples leave at each exit, then applies the
@@ -8,7 +8,7 @@ are the loop definition written literally from the spec. They are the executable
 contract: the vectorised versions must return identical thresholds and exits,
 ties included (tests and `benchmarks/eval_speed.py` check this).
 
-Everything here is pure NumPy on arrays of the outputs file (protocol.md keys):
+Everything here is pure NumPy on arrays of the outputs file (docs/protocol.md keys):
 logits K×N×C, labels N, flops K (cumulative MFLOPs), scores K×N.
 """
 
@@ -96,7 +96,7 @@ def _check_proportions(proportions: np.ndarray, num_exits: int) -> np.ndarray:
 def fit_thresholds(val_scores: np.ndarray, proportions: np.ndarray) -> np.ndarray:
     """Per-exit thresholds (P, K) fitted on val scores (K×N) for each row of proportions (P, K).
 
-    protocol.md step 2, vectorised over samples and budgets (loop over exits only).
+    docs/protocol.md step 2, vectorised over samples and budgets (loop over exits only).
     For exit k the scores are sorted once; the not-yet-assigned masks of all budgets,
     put in that order and flattened, give the positions of the remaining samples, so
     the n_k-th remaining one of budget p is a single lookup; its score is T[k].
@@ -144,7 +144,7 @@ def assign_exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def fit_thresholds_reference(val_scores: np.ndarray, proportions: np.ndarray) -> np.ndarray:
-    """Loop definition of `fit_thresholds`, written literally from protocol.md step 2."""
+    """Loop definition of `fit_thresholds`, written literally from docs/protocol.md step 2."""
     scores = _check_scores(val_scores)
     num_exits, n = scores.shape
     props = _check_proportions(proportions, num_exits)
@@ -172,7 +172,7 @@ def fit_thresholds_reference(val_scores: np.ndarray, proportions: np.ndarray) ->
 
 
 def assign_exits_reference(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Loop definition of `assign_exits` (protocol.md step 3)."""
+    """Loop definition of `assign_exits` (docs/protocol.md step 3)."""
     s = _check_scores(scores)
     num_exits, n = s.shape
     t = _check_thresholds(thresholds, num_exits)
@@ -229,22 +229,34 @@ def budgeted_curve(
     realised frac_k as "f_1;…;f_K" (`parse_exit_fractions` reads it back).
     """
     scores = _check_scores(test_scores)
+    val = _check_scores(val_scores)
+    if val.shape[0] != scores.shape[0]:
+        raise ValueError(f"val_scores has {val.shape[0]} exits, test_scores {scores.shape[0]}")
+    rows = thresholded_rows(scores, test_correct, flops, budgeted_thresholds(val, p_values))
+    rows.insert(0, "q", np.asarray(p_values, dtype=np.float64) / 20)
+    rows.insert(0, "p", np.asarray(p_values, dtype=np.int64))
+    return rows
+
+
+def thresholded_rows(
+    test_scores: np.ndarray, test_correct: np.ndarray, flops: np.ndarray, thresholds: np.ndarray
+) -> pd.DataFrame:
+    """Test rows of fitted thresholds (P, K): columns mflops, top1, exit_fractions.
+
+    docs/protocol.md step 3 for any exit rule: the exits of `assign_exits`, top-1 over all test
+    samples, and the expected cost Σ_k frac_k · flops[k].
+    """
+    scores = _check_scores(test_scores)
     num_exits, n = scores.shape
     correct = np.asarray(test_correct, dtype=bool)
     if correct.shape != scores.shape:
         raise ValueError(f"test_correct shape {correct.shape} != test_scores {scores.shape}")
     cost = _check_flops(flops, num_exits)
-    val = _check_scores(val_scores)
-    if val.shape[0] != num_exits:
-        raise ValueError(f"val_scores has {val.shape[0]} exits, test_scores {num_exits}")
-
-    exits = assign_exits(scores, budgeted_thresholds(val, p_values))  # P×N
+    exits = assign_exits(scores, thresholds)  # P×N
     fractions = np.stack([np.bincount(row, minlength=num_exits) for row in exits]) / n
     top1 = 100.0 * correct[exits, np.arange(n)[None, :]].mean(axis=1)
     return pd.DataFrame(
         {
-            "p": np.asarray(p_values, dtype=np.int64),
-            "q": np.asarray(p_values, dtype=np.float64) / 20,
             "mflops": fractions @ cost,
             "top1": top1,
             "exit_fractions": [format_exit_fractions(f) for f in fractions],

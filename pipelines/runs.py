@@ -12,7 +12,7 @@ from eebench.backbones.flops import exit_mflops
 from eebench.methods import TRAIN_METHODS
 from eebench.methods.base import TrainContext, TrainMethod
 from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines.data import build_loaders
+from eebench.pipelines.loaders import build_loaders
 from eebench.pipelines.recipes import Recipe
 
 

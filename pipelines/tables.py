@@ -4,21 +4,24 @@
 every run that `expand_runs` lists and writes, under `<study dir>/tables/`:
 
 - `anytime.csv`, `budgeted.csv`, `table1.csv`: tidy, one row per seed, with exactly
-  the columns of protocol.md;
+  the columns of docs/protocol.md;
 - `anytime_summary.csv`, `budgeted_summary.csv`, `table1_summary.csv`: mean, std and
   number of seeds per point (std is empty with one seed);
-- `runs.csv`: one row per run with what the captions and figures need (features, λ and
-  T of joint_bilevel, epochs, train subset, number of exits, cost of the last exit);
+- `runs.csv`: one row per run with what the captions and figures need (its hyperparameters
+  as JSON, epochs, train subset, number of exits, cost of the last exit);
 - `paper_comparison.csv`: each row of the paper's reported numbers beside ours.
 
-"Top-1 at a budget B" is read from a run's budgeted curve (policy max_softmax) by
-linear interpolation in cost between the two neighbouring points, NaN outside the
-curve's cost range (`protocol.accuracy_at_budget`).
+"Top-1 at a budget B" is read from a run's budgeted curve by linear interpolation in
+cost between the two neighbouring points, NaN outside the curve's cost range
+(`protocol.accuracy_at_budget`): the max-softmax curve for Table 1 (the paper's
+protocol), the curve of the method's main exit rule for the paper comparison.
+Which runs form Table 1 is declared by the methods (`TableRows`), never named here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eebench.methods.joint_bilevel import FEATURES, JointBilevel
+from eebench.backbones import get_model_config
+from eebench.methods import method_class
+from eebench.methods.base import MAX_SOFTMAX, TableRows
 from eebench.pipelines.config import RunSpec, expand_runs, load_run_config
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.protocol import accuracy_at_budget
@@ -40,20 +45,13 @@ log = logging.getLogger(__name__)
 
 #: The identity columns of a run: the fields of RunSpec (dataset, backbone, method, variant, seed).
 RUN_KEYS = [field.name for field in dataclasses.fields(RunSpec)]
-#: The tidy columns of protocol.md, in order.
+#: The tidy columns of docs/protocol.md, in order.
 COLUMNS: dict[str, list[str]] = {
     "anytime": [*RUN_KEYS, "exit", "mflops", "top1"],
     "budgeted": [*RUN_KEYS[:4], "policy", "seed", "p", "q", "mflops", "top1", "exit_fractions"],
     "table1": ["dataset", "backbone", "features", "seed", "budget_mflops", "top1"],
 }
-#: joint_bilevel hyperparameters with a sensitivity sweep (variants that change only one).
-SWEEP_HPARAMS: tuple[str, ...] = ("lam", "temperature")
-RUN_INDEX_COLUMNS = [
-    *RUN_KEYS,
-    "features",
-    *SWEEP_HPARAMS,
-    *["epochs", "train_subset", "exits", "last_mflops"],
-]
+RUN_INDEX_COLUMNS = [*RUN_KEYS, "hparams", "epochs", "train_subset", "exits", "last_mflops"]
 COMPARISON_COLUMNS = [
     *["dataset", "figure", "method", "backbone", "mode", "quantity", "budget_mflops"],
     *["paper_top1", "source", "ours_backbone", "ours_mflops", "ours_top1", "ours_top1_std"],
@@ -73,13 +71,12 @@ TABLE_FILES: tuple[str, ...] = (
 
 #: Datasets the paper reports on; any other dataset is a stand-in.
 PAPER_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet")
-#: Exit policy of Table 1 and of the budgeted paper comparison (the paper's protocol).
-REFERENCE_POLICY = "max_softmax"
+#: Exit rule of Table 1 (the paper's protocol).
+REFERENCE_POLICY = MAX_SOFTMAX
 #: Table 1 budgets, as fractions of the last exit's cost, when a dataset gives none (the
 #: protocol's costliest point, q = 1.95, averages about 0.81 of it with 4 exits).
 DEFAULT_BUDGET_FRACTIONS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8)
-TABLE1_METHOD = "joint_bilevel"
-TABLE1_FAMILY = "msdnet"
+TABLE1 = "table1"
 
 
 @cache
@@ -95,41 +92,42 @@ def paper_reported() -> pd.DataFrame:
 
 def backbone_family(backbone: str) -> str:
     """'msdnet_imagenet_step7' -> 'msdnet': the paper names backbones by family only."""
-    return backbone.split("_", 1)[0]
+    return get_model_config(backbone).family
 
 
-def is_feature_subset(variant: str) -> bool:
-    """Whether a joint_bilevel variant is one of Table 1's gater feature subsets."""
-    return bool(variant) and set(variant.split("+")) <= set(FEATURES)
+def hparam_label(value: Any, order: Sequence[str] = ()) -> str:
+    """A hyperparameter value as a row label: a list '+'-joined, in `order`'s spelling when
+    one of its labels has the same elements."""
+    if not isinstance(value, list | tuple):
+        return str(value)
+    for label in order:
+        if set(label.split("+")) == set(value):
+            return label
+    return "+".join(map(str, value))
 
 
-def is_table1_run(spec: RunSpec) -> bool:
-    """joint_bilevel MSDNet runs that differ only in their gater features (not frozen,
-    released_code or a λ/T sweep); the default variant counts with its own features."""
-    return (
-        spec.method == TABLE1_METHOD
-        and backbone_family(spec.backbone) == TABLE1_FAMILY
-        and (spec.variant == "" or is_feature_subset(spec.variant))
-    )
-
-
-def swept_hparam(spec: RunSpec) -> str | None:
-    """The one hyperparameter of SWEEP_HPARAMS that a joint_bilevel variant changes, else None
-    (also None for the default variant, which is a point of every sweep)."""
-    if spec.method != JointBilevel.name or not spec.variant:
-        return None
-    definition = JointBilevel.variant(spec.variant)
-    changed = list(definition.get("hparams", {}))
-    if set(definition) == {"hparams"} and len(changed) == 1 and changed[0] in SWEEP_HPARAMS:
-        return changed[0]
+def table_rows_of(spec: RunSpec, table: str) -> TableRows | None:
+    """The method's declaration of `table` if this run is one of its rows, else None: the
+    default variant or a variant that changes only the row hyperparameter, on a backbone of
+    one of the declared families."""
+    cls = method_class(spec.method)
+    for rows in cls.table_rows:
+        same_hparam = spec.variant == "" or cls.swept_hparam(spec.variant) == rows.hparam
+        family = backbone_family(spec.backbone) in rows.families
+        if rows.table == table and same_hparam and family:
+            return rows
     return None
 
 
-def features_label(features: Sequence[str] | None) -> str:
-    """The '+'-joined gater features in canonical order, '' for methods without them."""
-    if not features:
-        return ""
-    return "+".join(f for f in FEATURES if f in features)
+def row_label(spec: RunSpec, hparams: dict[str, Any], table: str = TABLE1) -> str:
+    """The run's row label in `table` ('' when it is not one of its rows)."""
+    rows = table_rows_of(spec, table)
+    return hparam_label(hparams[rows.hparam], rows.order) if rows else ""
+
+
+def run_hparams(run: pd.Series) -> dict[str, Any]:
+    """The resolved hyperparameters of a row of the run index."""
+    return json.loads(run["hparams"])
 
 
 # --------------------------------------------------------------------------- loading
@@ -145,7 +143,7 @@ class StudyResults:
 
 
 #: Text columns whose empty cells mean '' (e.g. the default variant), not a missing value.
-TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note")
+TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note", "hparams")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -176,8 +174,7 @@ def _run_files(results_root: Path, spec: RunSpec) -> dict[str, Path]:
 def _run_index_row(spec: RunSpec, config: dict[str, Any], anytime: pd.DataFrame) -> dict[str, Any]:
     return {
         **{key: getattr(spec, key) for key in RUN_KEYS},
-        "features": features_label(config["hparams"].get("features")),
-        **{name: config["hparams"].get(name) for name in SWEEP_HPARAMS},
+        "hparams": json.dumps(config["hparams"], sort_keys=True),
         "epochs": config["recipe"]["epochs"],
         "train_subset": config.get("train_subset"),
         "exits": int(anytime["exit"].max()),
@@ -250,10 +247,15 @@ def _rows_of(frame: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
     return frame[mask]
 
 
-def _curve(budgeted: pd.DataFrame, run: pd.Series) -> pd.DataFrame:
-    """One run's budgeted curve under the reference exit policy (max softmax)."""
+def main_rule(run: pd.Series) -> str:
+    """The exit rule of a run's main curve, as its method declares it."""
+    return method_class(run["method"]).display_of(run["variant"]).main_rule
+
+
+def _curve(budgeted: pd.DataFrame, run: pd.Series, rule: str = REFERENCE_POLICY) -> pd.DataFrame:
+    """One run's budgeted curve under an exit rule (default: max softmax)."""
     rows = _rows_of(budgeted, run)
-    return rows[rows["policy"] == REFERENCE_POLICY]
+    return rows[rows["policy"] == rule]
 
 
 def top1_at_budgets(
@@ -272,13 +274,13 @@ def build_table1(study: dict[str, Any], results: StudyResults) -> pd.DataFrame:
     rows = []
     seen: set[tuple[str, str, str, int]] = set()
     for _, run in results.runs.iterrows():
-        key = (run["dataset"], run["backbone"], run["features"], run["seed"])
-        if not is_table1_run(run_spec(run)):
+        spec = run_spec(run)
+        label = row_label(spec, run_hparams(run))
+        key = (run["dataset"], run["backbone"], label, run["seed"])
+        if not label:
             continue
         if key in seen:
-            log.warning(
-                "table 1: %s repeats features %s; kept the first", run_spec(run).path, key[2]
-            )
+            log.warning("table 1: %s repeats row %s; kept the first", spec.path, label)
             continue
         seen.add(key)
         budgets, top1 = top1_at_budgets(study, results.budgeted, run)
@@ -290,20 +292,21 @@ def build_table1(study: dict[str, Any], results: StudyResults) -> pd.DataFrame:
 
 
 def _paper_method(name: str) -> tuple[str, str | None]:
-    """'joint_bilevel[confidence+entropy]' -> ('joint_bilevel', 'confidence+entropy')."""
-    method, _, features = name.partition("[")
-    return method, features.rstrip("]") or None
+    """'method[row label]' -> ('method', 'row label'); a Table 1 row names its label."""
+    method, _, label = name.partition("[")
+    return method, label.rstrip("]") or None
 
 
 def _matching_runs(runs: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
-    """Our runs for a paper row: same dataset, method, backbone family, features/variant."""
-    method, features = _paper_method(row["method"])
+    """Our runs for a paper row: same dataset, method, backbone family, and variant (the
+    default one, or the Table 1 row of the same label)."""
+    method, label = _paper_method(row["method"])
     mask = (runs["dataset"] == row["dataset"]) & (runs["method"] == method)
     mask &= runs["backbone"].map(backbone_family) == row["backbone"]
-    if features is None:
+    if label is None:
         return runs[mask & (runs["variant"] == "")]
-    table1 = runs.apply(lambda run: is_table1_run(run_spec(run)), axis=1)
-    return runs[mask & table1 & (runs["features"] == features_label(features.split("+")))]
+    labels = runs[mask].apply(lambda run: row_label(run_spec(run), run_hparams(run)), axis=1)
+    return runs[mask].loc[labels == label] if len(labels) else runs[mask]
 
 
 def _ours_at(row: pd.Series, run: pd.Series, results: StudyResults) -> tuple[float, float, str]:
@@ -316,13 +319,14 @@ def _ours_at(row: pd.Series, run: pd.Series, results: StudyResults) -> tuple[flo
         else:
             point, how = exits.loc[(exits["mflops"] - budget).abs().idxmin()], "nearest exit"
         return point["mflops"], point["top1"], f"{how} (exit {int(point['exit'])}, anytime)"
-    curve = _curve(results.budgeted, run)
+    rule = main_rule(run)
+    curve = _curve(results.budgeted, run, rule)
     if row["quantity"] == "budget_at_peak_top1":
         peak = curve.loc[curve["top1"].idxmax()]
         return peak["mflops"], peak["top1"], "our peak top-1 and its cost (paper: cost only)"
     top1 = accuracy_at_budget(curve["mflops"].to_numpy(), curve["top1"].to_numpy(), [budget])[0]
     how = "budget outside our curve's cost range" if np.isnan(top1) else "interpolated"
-    return budget, top1, f"{how} (budgeted, {REFERENCE_POLICY})"
+    return budget, top1, f"{how} (budgeted, {rule})"
 
 
 def _comparison_rows(row: pd.Series, results: StudyResults) -> list[dict[str, Any]]:

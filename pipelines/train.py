@@ -1,36 +1,31 @@
 """The train stage: one run = one resolved config, trained to completion or resumed.
 
-The `Trainer` implements the `StepEngine` services that methods use (optimizers
-with their per-iteration schedules, AMP, finite-loss checks, EMA) and owns the
-loop, the logs and the checkpoints. A run directory is complete when it holds
-`model.pt`; until then every start resumes from the newest good checkpoint, at
-the exact batch where the last one was taken, so an interrupted run ends with
-the same numbers as an uninterrupted one.
+The `Trainer` builds the method and its `Engine` (pipelines/engine.py: the `StepEngine`
+services that methods use) and owns the loop, validation, the logs and the checkpoints.
+A run directory is complete when it holds `model.pt`; until then every start resumes
+from the newest good checkpoint, at the exact batch where the last one was taken, so an
+interrupted run ends with the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from eebench.methods.base import StepOutput, hard_labels
 from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.engine import Engine
 from eebench.pipelines.evaluate import collect, exit_top1
 from eebench.pipelines.io import write_csv, write_yaml
-from eebench.pipelines.recipes import Recipe, cosine, lr_at
 from eebench.pipelines.runs import build_method, make_loaders, resolve_device, run_recipe
 
 log = logging.getLogger(__name__)
@@ -38,45 +33,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEYS = ("method", "optimizers", "position", "history", "rng")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: the run stops, the last good checkpoint stays."""
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass
-class OptimizerSlot:
-    """An optimizer and the pure function that gives its learning rate at a global step."""
-
-    name: str
-    optimizer: torch.optim.Optimizer
-    lr_fn: Callable[[int], float]
-
-    def set_lr(self, step: int) -> float:
-        lr = self.lr_fn(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
-
-def make_optimizer(
-    recipe: Recipe, params: list[nn.Parameter], lr: float, weight_decay: float, split_decay: bool
-) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW, as the recipe says."""
-    if split_decay:
-        groups = [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ]
-    else:
-        groups = [{"params": params, "weight_decay": weight_decay}]
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-    return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
 
 
 class EpochMeter:
@@ -123,7 +83,7 @@ class EpochMeter:
 
 
 class Trainer:
-    """Trains one run directory; implements the StepEngine protocol of methods/base.py."""
+    """Trains one run directory: the loop around the method's steps and its `Engine`."""
 
     def __init__(self, run: dict[str, Any], run_dir: Path, split_dir: Path) -> None:
         self.run = run
@@ -138,128 +98,9 @@ class Trainer:
         self.method = build_method(
             run, info.num_classes, info.family, self.steps_per_epoch, self.device
         )
-        if self.recipe.channels_last:
-            self.method.to(memory_format=torch.channels_last)
-        if self.recipe.compile:
-            self.method.backbone.compile()
-        self.slots: dict[str, OptimizerSlot] = {}
-        params = self.method.backbone_parameters()
-        if params:
-            self._add_slot(
-                "backbone",
-                params,
-                self.recipe.lr,
-                self.recipe.weight_decay,
-                lambda step: lr_at(self.recipe, step, self.steps_per_epoch),
-            )
-        self.method.configure(self)
-        self.amp_dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ema = self._build_ema()
-        self.mixup = self._build_mixup(info.num_classes)
-        self.global_step = 0
-
-    # ------------------------------------------------------------------ building
-
-    def _add_slot(
-        self,
-        name: str,
-        params: list[nn.Parameter],
-        lr: float,
-        wd: float,
-        lr_fn: Callable[[int], float],
-    ) -> OptimizerSlot:
-        optimizer = make_optimizer(self.recipe, params, lr, wd, self.recipe.decay_matrices_only)
-        self.slots[name] = OptimizerSlot(name, optimizer, lr_fn)
-        return self.slots[name]
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.recipe.amp
-        if self.device.type != "cuda" or amp == "off":
-            return None
-        return torch.float16 if amp == "fp16" else torch.bfloat16
-
-    def _build_ema(self) -> Any:
-        if not self.recipe.ema:
-            return None
-        from timm.utils import ModelEmaV3
-
-        return ModelEmaV3(self.method.backbone, decay=self.recipe.ema_decay)
-
-    def _build_mixup(self, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], Any] | None:
-        recipe = self.recipe
-        if recipe.mixup > 0 or recipe.cutmix > 0:
-            from timm.data import Mixup
-
-            return Mixup(
-                mixup_alpha=recipe.mixup,
-                cutmix_alpha=recipe.cutmix,
-                label_smoothing=recipe.label_smoothing,
-                num_classes=num_classes,
-            )
-        if recipe.label_smoothing > 0:
-            smoothing = recipe.label_smoothing
-
-            def smooth(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                target = torch.full((len(y), num_classes), smoothing / num_classes, device=y.device)
-                target.scatter_(1, y[:, None], 1.0 - smoothing + smoothing / num_classes)
-                return x, target
-
-            return smooth
-        return None
-
-    # ------------------------------------------------------------------ StepEngine
-
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def backbone_optimizer(self) -> OptimizerSlot:
-        if "backbone" not in self.slots:
-            raise RuntimeError(f"{self.run['method']}: the backbone is frozen, it has no optimizer")
-        return self.slots["backbone"]
-
-    def add_optimizer(
-        self,
-        name: str,
-        params: Iterator[nn.Parameter] | list[nn.Parameter],
-        *,
-        lr: float,
-        min_lr: float,
-        weight_decay: float,
-        warmup_epochs: float = 0.0,
-    ) -> OptimizerSlot:
-        total = self.recipe.epochs * self.steps_per_epoch
-        warmup = round(warmup_epochs * self.steps_per_epoch)
-
-        def lr_fn(step: int) -> float:
-            if step < warmup:
-                return lr * step / warmup
-            return cosine(lr, min_lr, step - warmup, total - warmup)
-
-        slot = OptimizerSlot(
-            name, make_optimizer(self.recipe, list(params), lr, weight_decay, False), lr_fn
+        self.engine = Engine(
+            self.method, self.recipe, method_name=run["method"], ckpt_dir=self.ckpt_dir
         )
-        self.slots[name] = slot
-        return slot
-
-    def optimize(self, loss: torch.Tensor, handle: OptimizerSlot | None = None) -> None:
-        slot = handle or self.backbone_optimizer()
-        value = loss.detach()
-        if not torch.isfinite(value):
-            epoch = self.global_step // self.steps_per_epoch
-            raise NonFiniteLossError(
-                f"loss is {float(value):.4g} at epoch {epoch}, "
-                f"global step {self.global_step} ({slot.name} update); the last good checkpoint "
-                f"in {self.ckpt_dir} is kept; lower the learning rate or check the data"
-            )
-        self.method.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(slot.optimizer)
-        self.scaler.update()
-        if slot.name == "backbone" and self.ema is not None:
-            self.ema.update(self.method.backbone)
 
     # ------------------------------------------------------------------ state
 
@@ -273,11 +114,9 @@ class Trainer:
     ) -> dict[str, Any]:
         return {
             "method": self.method.state_dict(),
-            "optimizers": {name: slot.optimizer.state_dict() for name, slot in self.slots.items()},
-            "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else {},
+            **self.engine.state_dict(),
             "rng": ckpt.rng_state(),
-            "position": {"epoch": epoch, "batch": batch, "global_step": self.global_step},
+            "position": {"epoch": epoch, "batch": batch, "global_step": self.engine.global_step},
             "history": history,
             "meter": meter.state(),
             "best": best,
@@ -287,15 +126,10 @@ class Trainer:
         self, state: dict[str, Any]
     ) -> tuple[int, int, list[dict[str, Any]], EpochMeter, dict[str, Any]]:
         self.method.load_state_dict(state["method"])
-        for name, slot in self.slots.items():
-            slot.optimizer.load_state_dict(state["optimizers"][name])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
+        self.engine.load_state_dict(state)
         ckpt.set_rng_state(state["rng"])
         position = state["position"]
-        self.global_step = int(position["global_step"])
+        self.engine.global_step = int(position["global_step"])
         return (
             int(position["epoch"]),
             int(position["batch"]),
@@ -305,7 +139,7 @@ class Trainer:
         )
 
     def _checkpoint(self, *args: Any) -> None:
-        ckpt.save_checkpoint(self.ckpt_dir, self.global_step, self._state(*args))
+        ckpt.save_checkpoint(self.ckpt_dir, self.engine.global_step, self._state(*args))
 
     # ------------------------------------------------------------------ loop
 
@@ -322,7 +156,7 @@ class Trainer:
             started = time.perf_counter()
             self._train_epoch(epoch, start_batch, meter, every, history, best)
             start_batch = 0
-            row = {"epoch": epoch + 1, "lr": self.slots_lr(), **meter.summary()}
+            row = {"epoch": epoch + 1, "lr": self.engine.current_lr(), **meter.summary()}
             if self._validates_after(epoch):
                 row.update(self._validate())
             row["seconds"] = round(time.perf_counter() - started, 3)
@@ -334,10 +168,6 @@ class Trainer:
             log.info("epoch %d/%d %s", epoch + 1, self.recipe.epochs, _format_row(row))
         return self._write_model(history, best)
 
-    def slots_lr(self) -> float:
-        first = next(iter(self.slots.values()))
-        return float(first.optimizer.param_groups[0]["lr"])
-
     def _train_epoch(
         self,
         epoch: int,
@@ -347,7 +177,7 @@ class Trainer:
         history: list[dict[str, Any]],
         best: dict[str, Any],
     ) -> None:
-        loader = self.loaders.train
+        loader, engine = self.loaders.train, self.engine
         bar = tqdm(
             total=len(loader),
             initial=start_batch,
@@ -357,19 +187,13 @@ class Trainer:
             dynamic_ncols=True,
         )
         for batch, (x, y) in enumerate(loader.iterate(epoch, start_batch), start=start_batch):
-            for slot in self.slots.values():
-                slot.set_lr(self.global_step)
-            if self.recipe.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target: torch.Tensor = y
-            if self.mixup is not None:
-                x, target = self.mixup(x, y)
-            out = self.method.training_step(x, target, self.global_step, self)
+            x, target = engine.prepare_step(x, y)
+            out = self.method.training_step(x, target, engine.global_step, engine)
             meter.update(out)
-            self.global_step += 1
+            engine.global_step += 1
             bar.update(1)
             bar.set_postfix(_progress(meter), refresh=False)
-            if self.global_step % every == 0 and batch + 1 < len(loader):
+            if engine.global_step % every == 0 and batch + 1 < len(loader):
                 self._checkpoint(epoch, batch + 1, history, meter, best)
         bar.close()
 

@@ -1,5 +1,76 @@
-"""Shared test settings: small thread counts so that two pytest workers share 2 cores."""
+"""Shared test settings (small thread counts so that two pytest workers share 2 cores) and
+the extension kit: a tiny study run through the real stages (train, evaluate, calibrate,
+tables, figures), with which the extension tests check a throw-away method end to end."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
 import torch
 
+from eebench.methods import method_kind
+from eebench.pipelines.calibrate import calibrate_run
+from eebench.pipelines.config import check_study, expand_runs, resolve_run
+from eebench.pipelines.evaluate import evaluate_run
+from eebench.pipelines.figures import build_figures
+from eebench.pipelines.tables import build_tables, read_table
+from eebench.pipelines.train import train_run
+
 torch.set_num_threads(1)
+
+#: A 4-class synthetic dataset small enough to train msdnet_fmnist for one epoch in seconds.
+SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 96, "n_test": 128}
+
+
+def tiny_study(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One backbone, one seed, one epoch on the synthetic dataset."""
+    return check_study(
+        {
+            "study": "extension",
+            "device": "cpu",
+            "features_subset": 64,
+            "checkpoint_every_steps": 1000,
+            "datasets": {
+                "synthetic": {
+                    "backbones": ["msdnet_fmnist"],
+                    "recipe": "fmnist",
+                    "recipe_overrides": {"epochs": 1, "batch_size": 32, "eval_batch_size": 64},
+                    "budget_fractions": [0.5, 0.8],
+                }
+            },
+            "runs": runs,
+        }
+    )
+
+
+def run_study(study: dict[str, Any], root: Path) -> Path:
+    """Every run of the study through its stage, then the tables and figures; returns root."""
+    torch.set_num_threads(1)
+    splits = root / "splits"
+    for spec in expand_runs(study):
+        run = {**resolve_run(study, spec, results_root=root), "synthetic": dict(SYNTHETIC)}
+        run_dir = root / spec.path
+        if method_kind(spec.method) == "train":
+            train_run(run, run_dir, splits)
+            evaluate_run(run_dir, splits)
+        else:
+            calibrate_run(run, run_dir)
+    build_tables(study, root)
+    build_figures(study, root)
+    return root
+
+
+def rows_of(root: Path, table: str, method: str) -> pd.DataFrame:
+    """A study table's rows of one method."""
+    frame = read_table(root / table)
+    return frame[frame["method"] == method]
+
+
+@pytest.fixture(scope="session")
+def extension_kit() -> SimpleNamespace:
+    """tiny_study(runs), run_study(study, root) and rows_of(root, table, method)."""
+    return SimpleNamespace(tiny_study=tiny_study, run_study=run_study, rows_of=rows_of)

@@ -1,4 +1,5 @@
-"""Per-exit MFLOPs and parameters against backbones.md §5, and the counting rules of §4.
+"""Per-exit MFLOPs and parameters against the project spec (shared/spec/backbones.md §5),
+and the counting rules of its §4.
 
 Each config is fully counted at the class counts in FULL_COUNTS; the other class counts
 are derived with the exact rule that each head's Linear adds (d_k + 1)·ΔC to both
@@ -22,7 +23,8 @@ from eebench.backbones.flops import (
 
 CLASS_COUNTS = (10, 100, 1000)
 
-# backbones.md §5: per exit, MFLOPs for 10/100/1000 classes, then params for 10/100/1000.
+# shared/spec/backbones.md §5: per exit, MFLOPs for 10/100/1000 classes, then params for
+# 10/100/1000.
 EXPECTED: dict[str, list[tuple[float, float, float, int, int, int]]] = {
     "msdnet_cifar": [
         (6.848, 6.860, 6.976, 288094, 299704, 415804),
@@ -125,7 +127,7 @@ def test_other_class_counts_match_spec(name: str, models) -> None:
         assert rounded(shifted) == expected(name, num_classes), num_classes
 
 
-# backbones.md §4 whole-model totals by operator (ReLU is traced in place: relu_)
+# shared/spec/backbones.md §4 whole-model totals by operator (ReLU is traced in place: relu_)
 OP_TOTALS = {
     ("msdnet_cifar", 100): {
         "conv": 136475648,

@@ -23,7 +23,7 @@ from eebench.backbones import (
 )
 from eebench.pipelines.registry import UnknownNameError
 
-# backbones.md §1: head input width c_k per exit
+# The project spec (shared/spec/backbones.md §1): head input width c_k per exit
 HEAD_IN_CHANNELS = {
     "msdnet_cifar": [88, 136, 208, 304, 260, 200, 368],
     "msdnet_cifar_anytime": [160, 208, 140, 188, 236, 152, 200],
@@ -177,7 +177,7 @@ def test_msdnet_cifar_base_widths(models) -> None:
 
 
 def test_msdnet_layer_one_example() -> None:
-    """backbones.md §2 example: layer 1 outputs 22, 44, 88 channels at 32, 16, 8."""
+    """shared/spec/backbones.md §2 example: layer 1 outputs 22, 44, 88 channels at 32, 16, 8."""
     model = create_model("msdnet_cifar", 10)
     with torch.no_grad():
         maps = model.stages[0].layers[0](model.init_state(images(model, 1)))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eebench.methods import TrainContext, TrainMethod
+from eebench.methods.inference import ExitByExit
 
 torch.set_num_threads(1)
 
@@ -23,7 +24,47 @@ torch.set_num_threads(1)
 NUM_CLASSES = 3
 
 
-class TinyConvExits(nn.Module):
+class StagedExits(nn.Module):
+    """The stage interface of the real backbones (init_state, forward_stage, select_state,
+    exit_classifiers) over `stages` and `heads` (pooling …, then a final Linear)."""
+
+    stages: nn.ModuleList
+    heads: nn.ModuleList
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.heads)
+
+    def init_state(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+    def forward_stage(
+        self, k: int, state: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        x = self.stages[k](state[0])
+        features = self.heads[k][:-1](x)
+        return [x], features, self.heads[k][-1](features)
+
+    @staticmethod
+    def select_state(state: list[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+        return [t[index] for t in state]
+
+    def exit_classifiers(self) -> list[nn.Linear]:
+        return [head[-1] for head in self.heads]
+
+    def forward(
+        self, x: torch.Tensor, return_features: bool = False
+    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-exit logits, and (like the real backbones) the pre-classifier features."""
+        state, logits, features = self.init_state(x), [], []
+        for k in range(self.num_exits):
+            state, feats, out = self.forward_stage(k, state)
+            logits.append(out)
+            features.append(feats)
+        return (logits, features) if return_features else logits
+
+
+class TinyConvExits(StagedExits):
     """Three exits on 1×8×8 inputs, with BatchNorm so that eval/train mode matters."""
 
     def __init__(self, num_classes: int = NUM_CLASSES) -> None:
@@ -44,32 +85,40 @@ class TinyConvExits(nn.Module):
             for c in (4, 6, 8)
         )
 
-    def forward(
-        self, x: torch.Tensor, return_features: bool = False
-    ) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-exit logits, and (like the real backbones) the pooled pre-classifier features."""
-        logits, features = [], []
-        for stage, head in zip(self.stages, self.heads, strict=True):
-            x = stage(x)
-            features.append(head[:-1](x))
-            logits.append(head[-1](features[-1]))
-        return (logits, features) if return_features else logits
 
-
-class LinearThenMLPExits(nn.Module):
+class LinearThenMLPExits(StagedExits):
     """Two exits: a linear classifier on the raw input, then a 2-layer MLP (solves XOR)."""
 
     def __init__(self, num_classes: int = 2, width: int = 32) -> None:
         super().__init__()
-        self.head1 = nn.Linear(64, num_classes)
-        self.stage2 = nn.Sequential(
-            nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()
+        self.stages = nn.ModuleList(
+            [
+                nn.Flatten(1),
+                nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU()),
+            ]
         )
-        self.head2 = nn.Linear(width, num_classes)
+        self.heads = nn.ModuleList(
+            [
+                nn.Sequential(nn.Identity(), nn.Linear(64, num_classes)),
+                nn.Sequential(nn.Identity(), nn.Linear(width, num_classes)),
+            ]
+        )
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> list[torch.Tensor]:
-        flat = x.flatten(1)
-        return [self.head1(flat), self.head2(self.stage2(flat))]
+    def forward_stage(
+        self, k: int, state: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Exit 2's MLP reads the flat input (the state), not exit 1's output."""
+        flat = state[0].flatten(1)
+        features = self.stages[k](flat)
+        return [flat], features, self.heads[k][-1](features)
+
+
+def exit_scores(method: TrainMethod, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """K×B scores by name of the method's exit-by-exit inference (eval mode, no grad)."""
+    method.eval()
+    with torch.no_grad():
+        exits = ExitByExit(method.backbone, [method]).all_exits(x)
+    return {name: torch.stack([out.scores[name] for out in exits]) for name in exits[0].scores}
 
 
 @dataclass
@@ -168,6 +217,11 @@ def batch() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
 @pytest.fixture
 def make_method() -> Callable[..., tuple[TrainMethod, FakeEngine]]:
     return build_method
+
+
+@pytest.fixture
+def scores_of() -> Callable[[TrainMethod, torch.Tensor], dict[str, torch.Tensor]]:
+    return exit_scores
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from eebench.methods.joint_bilevel import (
 
 NUM_CLASSES = 3
 Build = Callable[..., tuple[JointBilevel, Any]]
+ScoresOf = Callable[[Any, torch.Tensor], dict[str, torch.Tensor]]
 Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -186,7 +187,7 @@ def test_gater_architecture() -> None:
 
 def test_registered() -> None:
     assert TRAIN_METHODS.get("joint_bilevel") is JointBilevel
-    assert JointBilevel.has_exit_score
+    assert JointBilevel.score_names == ("score",)
 
 
 def test_family_resolution() -> None:
@@ -362,14 +363,24 @@ def test_frozen_variant_trains_only_the_gater(build: Build, batch: Batch) -> Non
     assert not method.backbone.training
 
 
-def test_exit_scores(build: Build) -> None:
+def test_exit_scores(build: Build, scores_of: ScoresOf) -> None:
     method, _ = build()
-    with torch.no_grad():
-        logits = method.backbone(torch.randn(7, 1, 8, 8))
-    scores = method.exit_scores(logits, [])
+    x = torch.randn(7, 1, 8, 8)
+    scores = scores_of(method, x)["score"]
     assert scores.shape == (3, 7)
-    torch.testing.assert_close(scores[:2], method.gater(logits).detach().T)
+    with torch.no_grad():
+        P = method.gater(method.backbone(x))
+    torch.testing.assert_close(scores[:2], P.T)
     assert torch.equal(scores[2], torch.ones(7))
+
+
+def test_gater_mflops_count_under_the_score_rule_only(build: Build) -> None:
+    """Linear(2, 500) + GELU + Linear(500, 1) + sigmoid: 2·500 + 500 (bias) + 500 + 500 + 1
+    (bias) + 1 = 2502 FLOPs per non-final exit in the MSDNet convention; none at the last."""
+    method, _ = build(hidden=500, features=["confidence", "entropy"])
+    extra = method.extra_mflops()
+    assert set(extra) == {"score"}
+    np.testing.assert_allclose(extra["score"], [2502e-6, 2502e-6, 0.0])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -389,7 +400,9 @@ def easy_hard_data(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ..
     return x.view(n, 1, 8, 8), y, easy
 
 
-def test_end_to_end_gater_sends_easy_samples_early(build: Build, linear_mlp_cls: type) -> None:
+def test_end_to_end_gater_sends_easy_samples_early(
+    build: Build, linear_mlp_cls: type, scores_of: ScoresOf
+) -> None:
     generator = torch.Generator().manual_seed(0)
     method, engine = build(
         backbone=linear_mlp_cls(num_classes=2),
@@ -404,9 +417,8 @@ def test_end_to_end_gater_sends_easy_samples_early(build: Build, linear_mlp_cls:
         idx = torch.randint(0, len(y), (64,), generator=generator)
         method.training_step(x[idx], y[idx], step, engine)
     x_test, y_test, easy = easy_hard_data(1024, generator)
-    method.eval()
+    P1 = scores_of(method, x_test)["score"][0]
     with torch.no_grad():
         logits = method.backbone(x_test)
-        P1 = method.exit_scores(logits, [])[0]
     assert P1[easy].mean() > P1[~easy].mean() + 0.5
     assert (logits[0].argmax(1) == y_test)[easy].float().mean() > 0.95  # sanity: exit 1 learned

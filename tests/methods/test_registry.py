@@ -1,5 +1,5 @@
-"""Every registered method and exit policy checked the same way (timm-style), unknown names,
-and the extension points exercised by a post-hoc calibrator and an exit policy defined here."""
+"""Every registered method and exit rule checked the same way (timm-style), unknown names,
+and the extension points exercised by a post-hoc method and an exit rule defined here."""
 
 from __future__ import annotations
 
@@ -9,31 +9,40 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from eebench.backbones.common import ACTIVATIONS
 from eebench.methods import (
-    CALIBRATORS,
-    EXIT_POLICIES,
+    EXIT_RULES,
+    POSTHOC_METHODS,
     TRAIN_METHODS,
-    ExitPolicy,
+    ExitOutput,
+    ExitRule,
     HyperparameterError,
-    PostHocCalibrator,
+    PostHocMethod,
+    method_class,
     method_kind,
 )
-from eebench.methods.base import Calibrated, RunOutputs
+from eebench.methods.base import MAX_SOFTMAX
 from eebench.pipelines import protocol
 from eebench.pipelines.calibrate import calibrate_run
-from eebench.pipelines.evaluate import run_curves
-from eebench.pipelines.io import read_yaml, write_npz
+from eebench.pipelines.evaluate import fit_decisions, run_curves
+from eebench.pipelines.io import read_yaml
+from eebench.pipelines.outputs import (
+    ExitDecision,
+    RunOutputs,
+    SplitOutputs,
+    read_decisions,
+    read_outputs,
+    write_outputs,
+)
 from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.registry import UnknownNameError
 from eebench.pipelines.tables import read_table
 
 FAMILIES = ("cifar", "imagenet", "fmnist", "synthetic")
-VARIANT_KEYS = {"hparams", "recipe", "activation", "init_from"}
+VARIANT_KEYS = {"hparams", "recipe", "activation", "init_from", "display"}
 #: Every registered train method with every variant ('' = the default variant).
 METHOD_VARIANTS = [
     pytest.param(name, variant, id=f"{name}-{variant}" if variant else name)
@@ -103,68 +112,85 @@ def test_one_training_step_gives_a_finite_loss_and_every_exits_logits(
 
 
 @pytest.mark.parametrize(("name", "variant"), METHOD_VARIANTS)
-def test_exit_scores_are_k_by_b_in_unit_interval_iff_declared(
-    make_method: MakeMethod, batch: Batch, name: str, variant: str
+def test_exit_scores_are_k_by_b_in_unit_interval_as_declared(
+    make_method: MakeMethod, batch: Batch, scores_of: Callable[..., Any], name: str, variant: str
 ) -> None:
     method, _ = build_variant(make_method, name, variant)
-    method.eval()
-    with torch.no_grad():
-        logits, features = method.backbone(batch(7)[0], return_features=True)
-    scores = method.exit_scores(logits, features)
-    if not method.has_exit_score:
-        assert scores is None
-        return
-    assert scores.shape == (method.ctx.num_exits, 7)
-    assert ((scores >= 0) & (scores <= 1)).all()
+    scores = scores_of(method, batch(7)[0])
+    assert set(scores) == {MAX_SOFTMAX, *method.score_names}
+    for values in scores.values():
+        assert values.shape == (method.ctx.num_exits, 7)
+        assert ((values >= 0) & (values <= 1)).all()
 
 
-# --------------------------------------------------------------------------- post-hoc calibrator
+@pytest.mark.parametrize(("name", "variant"), METHOD_VARIANTS)
+def test_extra_mflops_are_per_exit_and_name_a_score_or_predict(
+    make_method: MakeMethod, name: str, variant: str
+) -> None:
+    method, _ = build_variant(make_method, name, variant)
+    for key, values in method.extra_mflops().items():
+        assert key == "predict" or key in method.score_names
+        assert values.shape == (method.ctx.num_exits,) and (values >= 0).all()
 
 
-class PerExitTemperature(PostHocCalibrator):
+@pytest.mark.parametrize("name", [*TRAIN_METHODS.names(), *POSTHOC_METHODS.names()])
+def test_every_display_names_registered_figures_and_rules(name: str) -> None:
+    from eebench.pipelines.figures import FIGURE_NAMES
+
+    cls = method_class(name)
+    for variant in ("", *cls.variants):
+        display = cls.display_of(variant)
+        assert set(display.figures) <= set(FIGURE_NAMES), variant
+        assert display.main_rule in EXIT_RULES, variant
+    assert set(cls.exit_rules) <= set(EXIT_RULES.names())
+
+
+# --------------------------------------------------------------------------- post-hoc method
+
+
+class PerExitTemperature(PostHocMethod):
     """Per-exit temperature scaling: each exit's T from a grid, the one of least val NLL."""
 
     name: ClassVar[str] = "test_temperature"
     hparams: ClassVar[dict[str, Any]] = {"grid": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]}
+    score_names: ClassVar[tuple[str, ...]] = ("score",)
 
     def fit(self, outputs: RunOutputs) -> None:
         """Val only: test logits and labels are never read."""
         grid = np.asarray(self.hp["grid"], dtype=np.float64)
-        rows = np.arange(len(outputs.val_labels))
+        rows = np.arange(len(outputs.val.labels))
 
         def nll(logits: np.ndarray) -> float:
-            return float(-log_softmax(logits)[rows, outputs.val_labels].mean())
+            return float(-log_softmax(logits)[rows, outputs.val.labels].mean())
 
-        self.temperatures = np.array(
-            [grid[np.argmin([nll(z / t) for t in grid])] for z in outputs.val_logits]
-        )
+        best = [grid[np.argmin([nll(z / t) for t in grid])] for z in outputs.val.logits]
+        self.register_buffer("temperatures", torch.tensor(best, dtype=torch.float32))
 
-    def transform(self, outputs: RunOutputs, split: str) -> Calibrated:
-        logits = getattr(outputs, f"{split}_logits") / self.temperatures[:, None, None]
-        log_probs = log_softmax(logits)
-        return Calibrated(log_probs=log_probs, scores=np.exp(log_probs.max(axis=-1)))
+    def exit_output(self, k: int, head: ExitOutput, memory: dict) -> ExitOutput:
+        log_probs = torch.log_softmax(head.logits / self.temperatures[k], dim=-1)
+        return ExitOutput(log_probs, head.features, {"score": log_probs.exp().amax(dim=-1)})
 
 
 @pytest.fixture
 def calibrator(monkeypatch: pytest.MonkeyPatch) -> type[PerExitTemperature]:
     """PerExitTemperature, registered for this test only."""
-    monkeypatch.setitem(CALIBRATORS._entries, PerExitTemperature.name, PerExitTemperature)
+    monkeypatch.setitem(POSTHOC_METHODS._entries, PerExitTemperature.name, PerExitTemperature)
     return PerExitTemperature
 
 
-def fake_outputs() -> dict[str, np.ndarray]:
-    """protocol.md keys of a trained run with random logits (K×N×C) and labels."""
+def fake_outputs() -> RunOutputs:
+    """A trained run's outputs with random logits (K×N×C) and labels."""
     rng = np.random.default_rng(0)
-    return {
-        "val_logits": rng.normal(0.0, 3.0, (K, N_VAL, C)).astype(np.float32),
-        "val_labels": rng.integers(0, C, N_VAL),
-        "test_logits": rng.normal(0.0, 3.0, (K, N_TEST, C)).astype(np.float32),
-        "test_labels": rng.integers(0, C, N_TEST),
-        "flops": FLOPS,
+    split = {
+        name: SplitOutputs(
+            rng.normal(0.0, 3.0, (K, n, C)).astype(np.float32), rng.integers(0, C, n)
+        )
+        for name, n in (("val", N_VAL), ("test", N_TEST))
     }
+    return RunOutputs(split["val"], split["test"], FLOPS)
 
 
-def calibrated_run(source: Path, method: type[PostHocCalibrator]) -> dict[str, Any]:
+def calibrated_run(source: Path, method: type[PostHocMethod]) -> dict[str, Any]:
     return {
         "dataset": "synthetic",
         "backbone": "msdnet_fmnist",
@@ -176,38 +202,42 @@ def calibrated_run(source: Path, method: type[PostHocCalibrator]) -> dict[str, A
     }
 
 
-def test_calibrate_run_writes_a_calibrated_run_with_both_policies(
+def test_calibrate_run_writes_a_posthoc_run_with_both_rules(
     tmp_path: Path, calibrator: type[PerExitTemperature]
 ) -> None:
     source = fake_outputs()
-    write_npz(tmp_path / "source" / "outputs.npz", **source)
+    write_outputs(tmp_path / "source", source)
     run = calibrated_run(tmp_path / "source", calibrator)
     run_dir = tmp_path / "calibrated"
     calibrate_run(run, run_dir)
 
     assert read_yaml(run_dir / "config.yaml") == run
-    with np.load(run_dir / "outputs.npz") as data:
-        out = {key: data[key] for key in data.files}
-    assert set(out) == {*source, "val_scores", "test_scores"}
-    for key in ("val_labels", "test_labels", "flops"):
-        np.testing.assert_array_equal(out[key], source[key])
-    for split, n in (("val", N_VAL), ("test", N_TEST)):
-        log_probs = out[f"{split}_logits"]
-        assert log_probs.shape == (K, n, C) and out[f"{split}_scores"].shape == (K, n)
-        np.testing.assert_allclose(np.log(np.exp(log_probs).sum(-1)), 0.0, atol=1e-5)
-        np.testing.assert_allclose(out[f"{split}_scores"], np.exp(log_probs.max(-1)), rtol=1e-6)
+    out = read_outputs(run_dir)
+    np.testing.assert_array_equal(out.flops, source.flops)
+    for name in ("val", "test"):
+        split, before = out.split(name), source.split(name)
+        np.testing.assert_array_equal(split.labels, before.labels)
+        assert split.scores.keys() == {"score"} and split.scores["score"].shape == (
+            K,
+            len(before.labels),
+        )
+        np.testing.assert_allclose(np.log(np.exp(split.logits).sum(-1)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(split.scores["score"], np.exp(split.logits.max(-1)), rtol=1e-5)
         # Temperature scaling keeps every prediction, so the argmax is the source's.
-        np.testing.assert_array_equal(log_probs.argmax(-1), source[f"{split}_logits"].argmax(-1))
+        np.testing.assert_array_equal(split.logits.argmax(-1), before.logits.argmax(-1))
     # Logits of scale 3 that ignore the labels are overconfident: every exit's T is above 1.
-    confidence = protocol.softmax_confidence(source["val_logits"])
-    assert (out["val_scores"].mean(axis=1) < confidence.mean(axis=1)).all()
+    confidence = protocol.softmax_confidence(source.val.logits)
+    assert (out.val.scores["score"].mean(axis=1) < confidence.mean(axis=1)).all()
+    fitted = torch.load(run_dir / "model.pt", weights_only=True)["method"]["temperatures"]
+    assert (fitted > 1).all()
 
     anytime = read_table(run_dir / "anytime.csv")
-    expected = protocol.anytime_curve(source["test_logits"], source["test_labels"], FLOPS)
+    expected = protocol.anytime_curve(source.test.logits, source.test.labels, FLOPS)
     np.testing.assert_allclose(anytime["top1"], expected["top1"])
     budgeted = read_table(run_dir / "budgeted.csv")
     assert budgeted.groupby("policy").size().to_dict() == {"max_softmax": 39, "score": 39}
     assert set(budgeted["method"]) == {calibrator.name}
+    assert {d.rule for d in read_decisions(run_dir)} == {"max_softmax", "score"}
 
 
 def test_calibrate_run_without_source_outputs_names_the_evaluate_command(
@@ -232,60 +262,53 @@ def test_unknown_method_lists_every_registered_method(
     with pytest.raises(HyperparameterError, match="unknown method 'nope'") as error:
         method_kind("nope")
     listed = str(error.value).rsplit(": ", 1)[1].split(", ")
-    assert listed == [*TRAIN_METHODS.names(), *CALIBRATORS.names()]
+    assert listed == [*TRAIN_METHODS.names(), *POSTHOC_METHODS.names()]
     assert calibrator.name in listed
 
 
-def test_unknown_exit_policy_lists_every_policy() -> None:
-    with pytest.raises(UnknownNameError, match="unknown exit policy 'nope'") as error:
-        EXIT_POLICIES.get("nope")
+def test_unknown_exit_rule_lists_every_rule() -> None:
+    with pytest.raises(UnknownNameError, match="unknown exit rule 'nope'") as error:
+        EXIT_RULES.get("nope")
     listed = str(error.value).rsplit(": ", 1)[1].split(", ")
-    assert listed == EXIT_POLICIES.names()
+    assert listed == EXIT_RULES.names()
     assert {"max_softmax", "score"} <= set(listed)
 
 
-# --------------------------------------------------------------------------- exit policies
+# --------------------------------------------------------------------------- exit rules
 
 
-class Top2Margin(ExitPolicy):
-    """Exit score: the gap between the two largest softmax probabilities."""
+class HalfConfident(ExitRule):
+    """A generic rule with one operating point: exit once the max softmax reaches 0.5."""
 
-    name: ClassVar[str] = "test_margin"
+    name: ClassVar[str] = "test_half"
+    generic: ClassVar[bool] = True
+    draws_as: ClassVar[str] = "points"
 
-    def scores(self, logits: np.ndarray, provided: np.ndarray | None) -> np.ndarray:
-        probs = np.exp(log_softmax(np.asarray(logits, dtype=np.float64)))
-        top2 = np.sort(probs, axis=-1)[..., -2:]
-        return top2[..., 1] - top2[..., 0]
+    def fit(self, outputs: RunOutputs) -> list[ExitDecision]:
+        thresholds = (*[0.5] * (outputs.num_exits - 1), -math.inf)
+        return [ExitDecision(self.name, 1, math.nan, MAX_SOFTMAX, thresholds)]
 
 
-def test_custom_exit_policy_gives_a_valid_budgeted_curve(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_registered_generic_rule_is_fitted_for_every_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(EXIT_RULES._entries, HalfConfident.name, HalfConfident)
     outputs = fake_outputs()
-    policy = Top2Margin()
-    val, test = (policy.scores(outputs[f"{s}_logits"], None) for s in ("val", "test"))
-    assert val.shape == (K, N_VAL) and ((val >= 0) & (val <= 1)).all()
-    correct = outputs["test_logits"].argmax(-1) == outputs["test_labels"]
-    curve = protocol.budgeted_curve(val, test, correct, FLOPS)
-
-    assert len(curve) == 39 and list(curve["p"]) == list(protocol.P_VALUES)
-    np.testing.assert_allclose(curve["q"], curve["p"] / 20)
-    fractions = np.stack([protocol.parse_exit_fractions(f) for f in curve["exit_fractions"]])
-    thresholds = protocol.fit_thresholds_reference(val, protocol.budget_proportions(K))
-    exits = protocol.assign_exits_reference(test, thresholds)
-    expected = np.stack([np.bincount(row, minlength=K) for row in exits]) / N_TEST
-    np.testing.assert_allclose(fractions, expected)
-    np.testing.assert_allclose(curve["mflops"], expected @ FLOPS)
-    np.testing.assert_allclose(curve["top1"], 100 * correct[exits, np.arange(N_TEST)].mean(axis=1))
-
-    # Registered, the evaluate stage adds its block to every run's budgeted rows.
-    monkeypatch.setitem(EXIT_POLICIES._entries, Top2Margin.name, Top2Margin)
+    decisions = fit_decisions(TRAIN_METHODS.get("standard"), {}, outputs)
+    assert [d.rule for d in decisions] == 39 * ["max_softmax"] + ["test_half"]
     ident = {"dataset": "synthetic", "backbone": "b", "method": "m", "variant": "", "seed": 0}
-    _, budgeted = run_curves(outputs, ident)
-    ours = budgeted[budgeted["policy"] == Top2Margin.name].reset_index(drop=True)
-    pd.testing.assert_frame_equal(ours[curve.columns], curve)
+    _, budgeted = run_curves(outputs, decisions, ident)
+    ours = budgeted[budgeted["policy"] == HalfConfident.name]
+    confidence = protocol.softmax_confidence(outputs.test.logits)
+    exits = np.where(confidence[0] >= 0.5, 0, np.where(confidence[1] >= 0.5, 1, 2))
+    correct = outputs.test.correct[exits, np.arange(N_TEST)]
+    assert len(ours) == 1 and np.isnan(ours["q"].iloc[0])
+    assert ours["top1"].iloc[0] == pytest.approx(100 * correct.mean())
+    assert ours["mflops"].iloc[0] == pytest.approx(FLOPS[exits].mean())
 
 
-def test_score_policy_without_provided_scores_is_a_clear_error() -> None:
-    policy = EXIT_POLICIES.get("score")()
-    assert not policy.applies_to(set(fake_outputs()))
-    with pytest.raises(ValueError, match=r"needs val_scores/test_scores.*use the 'max_softmax'"):
-        policy.scores(fake_outputs()["val_logits"], None)
+def test_score_rule_applies_only_to_runs_with_a_score() -> None:
+    outputs = fake_outputs()
+    assert not EXIT_RULES.get("score")().applies_to(outputs)
+    outputs.val.scores["score"] = np.zeros((K, N_VAL))
+    assert EXIT_RULES.get("score")().applies_to(outputs)

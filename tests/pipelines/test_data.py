@@ -22,19 +22,16 @@ from eebench.pipelines.augment import (
     crop_flip_params,
     make_batch_transform,
 )
-from eebench.pipelines.data import (
+from eebench.pipelines.datasets import (
     DatasetNotFoundError,
-    Loaders,
-    SplitFileError,
-    build_loaders,
     get_dataset_info,
-    get_split,
     load_dataset,
     make_synthetic,
     prepare_dataset,
-    split_path,
 )
+from eebench.pipelines.loaders import Loaders, build_loaders
 from eebench.pipelines.registry import UnknownNameError
+from eebench.pipelines.splits import SplitFileError, get_split, split_path
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 HAVE_DEBIAN_FMNIST = all((DEBIAN_DIR / f"{s}.gz").is_file() for s in datasets.FMNIST_FILES)

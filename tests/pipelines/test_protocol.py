@@ -1,4 +1,5 @@
-"""The evaluation protocol: vectorised code == loop definition of protocol.md, ties included."""
+"""The evaluation protocol: vectorised code == loop definition of docs/protocol.md, ties
+included."""
 
 from __future__ import annotations
 

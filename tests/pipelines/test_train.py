@@ -1,4 +1,5 @@
-"""The training engine: protocol files, resume after SIGKILL, corruption, NaN, selection."""
+"""The train stage (loop and engine): protocol files, resume after SIGKILL, corruption, NaN,
+selection."""
 
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import torch
 from eebench.methods import TRAIN_METHODS
 from eebench.methods.standard import Standard
 from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.engine import NonFiniteLossError
 from eebench.pipelines.evaluate import collect, evaluate_run
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.runs import build_method, make_loaders
-from eebench.pipelines.train import NonFiniteLossError, train_run
+from eebench.pipelines.train import train_run
 
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
 

@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 
 from eebench.methods import method_kind
 from eebench.pipelines.config import ConfigError, RunSpec, check_study, expand_runs, upstream_runs
-from eebench.pipelines.data import split_path
+from eebench.pipelines.splits import split_path
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import read_yaml
 
