@@ -9,6 +9,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from eebench.pipelines.config import ConfigError
     from eebench.pipelines.datasets import DatasetNotFoundError
     from eebench.pipelines.engine import NonFiniteLossError
+    from eebench.pipelines.outputs import OutputsFormatError
     from eebench.pipelines.registry import UnknownNameError
 
     return (
@@ -18,5 +19,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
         DatasetNotFoundError,
         CorruptCheckpointError,
         NonFiniteLossError,
+        OutputsFormatError,
         FileNotFoundError,
     )

@@ -5,19 +5,61 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from eebench.methods import TRAIN_METHODS
+from eebench.methods import EXIT_RULES, POSTHOC_METHODS, TRAIN_METHODS
+from eebench.methods.inference import replay
 from eebench.pipelines.config import check_study, expand_runs, resolve_run
+from eebench.pipelines.outputs import RunOutputs, SplitOutputs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def example_method_source() -> str:
+def example_sources() -> dict[str, str]:
+    """The README's example method files, by file name."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    (source,) = [b for b in blocks if b.startswith("# methods/")]
-    return source
+    return {b.split("\n", 1)[0].removeprefix("# "): b for b in blocks if b.startswith("# methods/")}
+
+
+def example_method_source() -> str:
+    return example_sources()["methods/weighted_exits.py"]
+
+
+def test_readme_shows_the_three_kinds_of_method() -> None:
+    assert set(example_sources()) == {
+        "methods/weighted_exits.py",
+        "methods/temperature.py",
+        "methods/half_confident.py",
+    }
+
+
+def fake_outputs() -> RunOutputs:
+    rng = np.random.default_rng(0)
+    split = {
+        name: SplitOutputs(rng.normal(0, 3, (3, 40, 5)).astype(np.float32), rng.integers(0, 5, 40))
+        for name in ("val", "test")
+    }
+    return RunOutputs(split["val"], split["test"], np.array([1.0, 2.0, 3.0]))
+
+
+def test_readme_posthoc_and_rule_examples_fit_and_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(POSTHOC_METHODS, "_entries", dict(POSTHOC_METHODS._entries))
+    monkeypatch.setattr(EXIT_RULES, "_entries", dict(EXIT_RULES._entries))
+    sources = example_sources()
+    for name in ("methods/temperature.py", "methods/half_confident.py"):
+        exec(compile(sources[name], name, "exec"), {})
+    outputs = fake_outputs()
+    method = POSTHOC_METHODS.get("temperature")({"grid": [0.5, 1.0, 2.0, 4.0]}, 3)
+    method.fit(outputs)
+    (batch,) = replay([method], [torch.zeros(40, 0)] * 3, torch.from_numpy(outputs.test.logits))
+    assert [out.logits.argmax(-1).tolist() for out in batch] == outputs.test.logits.argmax(
+        -1
+    ).tolist()
+    assert all(((out.scores["score"] > 0) & (out.scores["score"] <= 1)).all() for out in batch)
+    (decision,) = EXIT_RULES.get("half_confident")().fit(outputs)
+    assert decision.thresholds[:-1] == (0.5, 0.5) and decision.rule == "half_confident"
 
 
 def test_readme_method_example_registers_resolves_and_trains(

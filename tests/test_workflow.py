@@ -56,12 +56,12 @@ def test_paper_dry_run_lists_the_whole_job_graph_without_data(tmp_path: Path) ->
     )
 
 
-# A post-hoc calibrator registered only inside the Snakemake process, so that the calibrate
+# A post-hoc method registered only inside the Snakemake process, so that the calibrate
 # rule is exercised before the suite registers its first real one.
 FAKE_CALIBRATOR = """
 import sys
-from eebench.methods.base import PostHocCalibrator, register_calibrator
-register_calibrator(type("FakeCal", (PostHocCalibrator,), {"name": "fakecal"}))
+from eebench.methods.base import PostHocMethod, register_posthoc_method
+register_posthoc_method(type("FakeCal", (PostHocMethod,), {"name": "fakecal"}))
 from snakemake.cli import main
 main(sys.argv[1:])
 """

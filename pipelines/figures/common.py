@@ -1,0 +1,375 @@
+"""What every figure shares: the tables it reads, captions and panel titles, the lookups of
+labels and styles, and the drawing and saving of curve panels.
+
+Styles come from the declarations of the registries, never from names spelled here: a
+method's `Display` (label, colour, marker, the figures it appears in), an exit rule's
+line style, legend suffix and whether it draws a curve or single points, a backbone's
+and a dataset's label. Backbones are told apart by marker fill.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from eebench.backbones import get_model_config
+from eebench.methods import EXIT_RULES, Display, ExitRule, method_class
+from eebench.pipelines.datasets import get_dataset_info
+from eebench.pipelines.io import write_bytes, write_csv
+from eebench.pipelines.registry import UnknownNameError
+from eebench.pipelines.tables import PAPER_DATASETS, paper_reported, read_table
+
+DPI = 200
+PANEL_SIZE = (4.6, 3.6)  # inches per panel: readable at paper size once scaled to a column
+MIN_WIDTH = 6.4  # inches: room for a two-column legend under a single panel
+LEGEND_COLUMN = 3.2  # inches per legend column
+TITLE_CHARS = 40  # a panel title wraps beyond this, so that neighbouring titles never meet
+CURVE_KEYS = ["backbone", "method", "variant"]
+PAPER_STYLE = Display("paper (reported)", "#000000", "*")
+#: Marker fill of the study's 1st, 2nd, … backbone (same in every figure).
+FILLS = ("full", "none", "left", "bottom")
+INTERPOLATION_NOTE = (
+    "Top-1 at a budget: linear interpolation in cost between the two neighbouring points of "
+    "the run's budgeted curve (max-softmax exits, thresholds fitted on val)"
+)
+
+
+# --------------------------------------------------------------------------- labels and styles
+
+
+def dataset_label(dataset: str) -> str:
+    """How figures name a dataset ('CIFAR-100'); an unregistered one by its name."""
+    try:
+        return get_dataset_info(dataset).label
+    except UnknownNameError:
+        return dataset
+
+
+def backbone_label(backbone: str) -> str:
+    """How figures name a backbone: 'msdnet_imagenet_step7' -> 'MSDNet step7'."""
+    return get_model_config(backbone).label
+
+
+def display_of(method: str, variant: str = "") -> Display:
+    """The label, colour, marker and figures a method (variant) declares."""
+    return method_class(method).display_of(variant)
+
+
+def displays(frame: pd.DataFrame) -> list[Display]:
+    """The display of each row's method and variant, in row order."""
+    pairs = zip(frame["method"], frame["variant"], strict=True)
+    return [display_of(method, variant) for method, variant in pairs]
+
+
+def budget_label(budget: float) -> str:
+    return f"{budget:.4g} MFLOPs"
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class StudyTables:
+    """What the figures read: the summaries (mean/std per point), the budgeted curves per
+    seed, the run index, the paper."""
+
+    study: dict[str, Any]
+    anytime: pd.DataFrame
+    budgeted: pd.DataFrame
+    budgeted_by_seed: pd.DataFrame
+    table1: pd.DataFrame
+    runs: pd.DataFrame
+    paper: pd.DataFrame
+
+    @property
+    def datasets(self) -> list[str]:
+        return list(self.study["datasets"])
+
+    @property
+    def backbones(self) -> list[str]:
+        """Every backbone of the study, in config order: it fixes each one's marker fill."""
+        names = (b for config in self.study["datasets"].values() for b in config["backbones"])
+        return list(dict.fromkeys(names))
+
+    def stand_in(self, paper_dataset: str) -> str | None:
+        """The paper's dataset if the study has it, else the study dataset standing in for it."""
+        if paper_dataset in self.study["datasets"]:
+            return paper_dataset
+        for dataset, config in self.study["datasets"].items():
+            if paper_dataset in config.get("stands_in_for", []):
+                return dataset
+        return None
+
+
+def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
+    tables = results_root / "tables"
+    if not (tables / "runs.csv").is_file():
+        raise FileNotFoundError(
+            f"{tables}/runs.csv missing: build the tables first (eebench tables)"
+        )
+    return StudyTables(
+        study=study,
+        anytime=read_table(tables / "anytime_summary.csv"),
+        budgeted=read_table(tables / "budgeted_summary.csv"),
+        budgeted_by_seed=read_table(tables / "budgeted.csv"),
+        table1=read_table(tables / "table1_summary.csv"),
+        runs=read_table(tables / "runs.csv"),
+        paper=paper_reported(),
+    )
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _n_train(dataset: str, subsets: pd.Series) -> str:
+    values = sorted({int(n) for n in subsets.dropna()})
+    if subsets.isna().any():
+        try:
+            info = get_dataset_info(dataset)
+            values.append(info.n_train_total - info.n_val)
+        except UnknownNameError:
+            return "full training set"
+    return f"{' / '.join(f'{n:,}' for n in sorted(set(values)))} training images"
+
+
+def _dataset_summary(dataset: str, runs: pd.DataFrame) -> str:
+    if runs.empty:
+        return f"{dataset_label(dataset)} (no runs yet)"
+    epochs = sorted(runs["epochs"].unique())
+    unit = "epoch" if epochs == [1] else "epochs"
+    listed = ", ".join(map(str, epochs))
+    return f"{dataset_label(dataset)}, {_n_train(dataset, runs['train_subset'])}, {listed} {unit}"
+
+
+def caption(tables: StudyTables, datasets: Iterable[str | None]) -> str:
+    """Study, datasets (training images, epochs), seeds, and whether it is the paper's setting."""
+    shown = [d for d in datasets if d]
+    runs = tables.runs[tables.runs["dataset"].isin(shown)]
+    parts = [_dataset_summary(d, runs[runs["dataset"] == d]) for d in shown]
+    seeds = tables.study["seeds"]
+    seed_text = (
+        f"seed {seeds[0]}"
+        if len(seeds) == 1
+        else f"seeds {', '.join(map(str, seeds))} (mean ± std)"
+    )
+    reduced = any(d not in PAPER_DATASETS for d in shown) or runs["train_subset"].notna().any()
+    note = " — reduced study, not the paper's setting" if reduced else ""
+    shown_text = "; ".join(parts) or "no matching dataset"
+    return f"study {tables.study['study']}: {shown_text}; {seed_text}{note}"
+
+
+def panel_title(tables: StudyTables, dataset: str, paper_dataset: str | None = None) -> str:
+    """'CIFAR-100', or 'Fashion-MNIST (stands in for ImageNet)'."""
+    if paper_dataset and dataset != paper_dataset:
+        return f"{dataset_label(dataset)} (stands in for {dataset_label(paper_dataset)})"
+    stands = tables.study["datasets"][dataset].get("stands_in_for", [])
+    if stands:
+        return f"{dataset_label(dataset)} (stands in for {', '.join(map(dataset_label, stands))})"
+    return dataset_label(dataset)
+
+
+def stand_in_title(tables: StudyTables, paper_dataset: str) -> tuple[str | None, str]:
+    """The study dataset of a paper figure on `paper_dataset`, and how its panels name it."""
+    dataset = tables.stand_in(paper_dataset)
+    if dataset is None:
+        return None, f"no {dataset_label(paper_dataset)} or stand-in"
+    return dataset, panel_title(tables, dataset, paper_dataset)
+
+
+# --------------------------------------------------------------------------- selections
+
+
+def shown_in(frame: pd.DataFrame, dataset: str | None, figure: str) -> pd.DataFrame:
+    """Rows of one dataset whose method (variant) lists `figure` among its display's figures."""
+    rows = frame[frame["dataset"] == dataset]
+    shown = np.array([figure in display.figures for display in displays(rows)], dtype=bool)
+    return rows[shown]
+
+
+def paper_points(tables: StudyTables, paper_figure: str, dataset: str | None) -> pd.DataFrame:
+    """The paper's reported numbers of one of its figures ('fig2', …) on a dataset."""
+    paper = tables.paper
+    return paper[
+        (paper["figure"] == paper_figure) & (paper["dataset"] == dataset) & paper["top1"].notna()
+    ]
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+def draw_curve(
+    ax: Axes, points: pd.DataFrame, display: Display, x_column: str = "mflops_mean", **line: Any
+) -> None:
+    """Mean top-1 against `x_column` (mean cost), and the ±std over seeds when there are
+    several: a band around a line, error bars on points drawn without one."""
+    points = points.sort_values(x_column)
+    x, mean = points[x_column], points["top1_mean"]
+    ax.plot(x, mean, color=display.color, marker=display.marker, **line)
+    if not (points["n_seeds"] > 1).any():
+        return
+    std = points["top1_std"]
+    if line.get("linestyle") == "none":
+        ax.errorbar(x, mean, yerr=std, fmt="none", ecolor=display.color, elinewidth=1.0)
+    else:
+        ax.fill_between(x, mean - std, mean + std, color=display.color, alpha=0.15, linewidth=0)
+
+
+def rule_line(rule: type[ExitRule] | None, markevery: int) -> dict[str, Any]:
+    """How an exit rule's curve is drawn: its line style, or markers only (every one) for a
+    rule with one operating point per run. Anytime rows have no rule: solid lines."""
+    if rule is None:
+        return {"linestyle": "-", "markevery": markevery}
+    if rule.draws_as == "points":
+        return {"linestyle": "none", "markevery": 1}
+    return {"linestyle": rule.linestyle, "markevery": markevery}
+
+
+def draw_curves(ax: Axes, frame: pd.DataFrame, backbones: list[str], markevery: int) -> None:
+    """One line per backbone × method × variant (× exit rule, in that rule's line style)."""
+    keys = [*CURVE_KEYS, "policy"] if "policy" in frame else CURVE_KEYS
+    for key, points in frame.groupby(keys, sort=False):
+        backbone, method, variant = key[:3]
+        rule = EXIT_RULES.get(key[3]) if len(key) > 3 else None
+        display = display_of(method, variant)
+        suffix = rule.legend_suffix if rule else ""
+        label = f"{backbone_label(backbone)} + {display.label}{suffix}"
+        fill = FILLS[backbones.index(backbone) % len(FILLS)]
+        line = {**rule_line(rule, markevery), "fillstyle": fill, "label": label}
+        draw_curve(ax, points, display, markersize=5, linewidth=1.4, **line)
+
+
+def note(ax: Axes, text: str) -> None:
+    """A grey note in the middle of an empty panel, without ticks."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_paper(ax: Axes, points: pd.DataFrame) -> None:
+    if points.empty:
+        return
+    ax.scatter(
+        points["budget_mflops"],
+        points["top1"],
+        marker=PAPER_STYLE.marker,
+        s=140,
+        color=PAPER_STYLE.color,
+        edgecolors="white",
+        linewidths=0.6,
+        zorder=5,
+        label=PAPER_STYLE.label,
+    )
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of curves: its title, the summary rows drawn and the paper points overlaid."""
+
+    title: str
+    rows: pd.DataFrame
+    paper: pd.DataFrame
+    budgeted: bool
+
+    def draw(self, ax: Axes, backbones: list[str]) -> None:
+        """The curves, or a note when the study has nothing for this panel."""
+        ax.set_title(textwrap.fill(self.title, TITLE_CHARS))
+        if self.rows.empty:
+            note(ax, "no runs for this panel\nin this study")
+            return
+        draw_curves(ax, self.rows, backbones, markevery=4 if self.budgeted else 1)
+        _draw_paper(ax, self.paper)
+        ax.set_xlabel("average MFLOPs per image" if self.budgeted else "MFLOPs of the exit")
+        ax.set_ylabel("top-1 accuracy (%)")
+
+
+def anytime_panel(
+    tables: StudyTables, title: str, dataset: str | None, figure: str, paper_figure: str
+) -> Panel:
+    """Per-exit curves of the runs shown in `figure`, with the paper's anytime numbers."""
+    paper = paper_points(tables, paper_figure, dataset)
+    rows = shown_in(tables.anytime, dataset, figure)
+    return Panel(title, rows, paper[paper["mode"] == "anytime"], budgeted=False)
+
+
+def budgeted_panel(
+    tables: StudyTables, title: str, dataset: str | None, figure: str, paper_figure: str
+) -> Panel:
+    """Budgeted curves of the runs shown in `figure` under every exit rule fitted for them,
+    with the paper's budgeted numbers."""
+    paper = paper_points(tables, paper_figure, dataset)
+    rows = shown_in(tables.budgeted, dataset, figure)
+    return Panel(title, rows, paper[paper["mode"] == "budgeted"], budgeted=True)
+
+
+def new_figure(
+    panels: int, rows: int = 1, size: tuple[float, float] = PANEL_SIZE
+) -> tuple[Figure, list[Axes]]:
+    """A figure of rows × panels axes, wide enough for the legend under it."""
+    fig = Figure(figsize=(max(size[0] * panels, MIN_WIDTH), size[1] * rows))
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(rows, panels, squeeze=False).flat)
+
+
+def finish(fig: Figure, axes: list[Axes], text: str) -> None:
+    """Legend (every curve once) below the panels, then the caption line below the legend."""
+    fig.tight_layout()
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    bottom = 0.0
+    if handles:
+        legend = fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=min(len(handles), int(fig.get_figwidth() // LEGEND_COLUMN)),
+            frameon=False,
+        )
+        box = legend.get_window_extent(fig.canvas.get_renderer())
+        bottom = box.transformed(fig.transFigure.inverted()).y0
+    width = int(fig.get_figwidth() * 14)
+    fig.text(
+        0.5,
+        bottom - 0.02,
+        textwrap.fill(text, width),
+        ha="center",
+        va="top",
+        fontsize="small",
+        color="0.25",
+    )
+
+
+def save(fig: Figure, out: Path, name: str, data: pd.DataFrame) -> list[Path]:
+    """PNG and PDF (atomically; PDF without a creation date, so reruns are identical) + data CSV."""
+    paths = []
+    for ext, extra in (("png", {"dpi": DPI}), ("pdf", {"metadata": {"CreationDate": None}})):
+        buffer = BytesIO()
+        fig.savefig(buffer, format=ext, bbox_inches="tight", **extra)
+        write_bytes(out / f"{name}.{ext}", buffer.getvalue())
+        paths.append(out / f"{name}.{ext}")
+    write_csv(out / f"{name}.csv", data)
+    return [*paths, out / f"{name}.csv"]
+
+
+def curve_figure(
+    tables: StudyTables, name: str, panels: list[Panel], datasets: list[str | None], out: Path
+) -> list[Path]:
+    """A row of curve panels saved as `name`, with the points drawn as `name`.csv."""
+    fig, axes = new_figure(len(panels))
+    for ax, panel in zip(axes, panels, strict=True):
+        panel.draw(ax, tables.backbones)
+    finish(fig, axes, caption(tables, datasets))
+    drawn = [panel.rows.assign(panel=panel.title) for panel in panels]
+    return save(fig, out, name, pd.concat(drawn, ignore_index=True))

@@ -1,0 +1,21 @@
+"""Figure 2 (anytime prediction): per-exit top-1 against the exit's cost, a panel per dataset,
+one line per backbone × method (variant) whose display lists this figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eebench.pipelines.figures import register_figure
+from eebench.pipelines.figures.common import StudyTables, anytime_panel, curve_figure, panel_title
+
+NAME = "fig2_anytime"
+PAPER_FIGURE = "fig2"  # its numbers in the paper's reported CSV
+
+
+@register_figure(NAME)
+def draw(tables: StudyTables, out: Path) -> list[Path]:
+    panels = [
+        anytime_panel(tables, panel_title(tables, dataset), dataset, NAME, PAPER_FIGURE)
+        for dataset in tables.datasets
+    ]
+    return curve_figure(tables, NAME, panels, tables.datasets, out)

@@ -1,0 +1,22 @@
+"""Figure 3 (budgeted batch classification): top-1 against the average cost per image, a
+panel per dataset, one curve per backbone × method (variant) whose display lists this figure
+and per exit rule fitted for its runs (each rule in its own line style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eebench.pipelines.figures import register_figure
+from eebench.pipelines.figures.common import StudyTables, budgeted_panel, curve_figure, panel_title
+
+NAME = "fig3_budgeted"
+PAPER_FIGURE = "fig3"  # its numbers in the paper's reported CSV
+
+
+@register_figure(NAME)
+def draw(tables: StudyTables, out: Path) -> list[Path]:
+    panels = [
+        budgeted_panel(tables, panel_title(tables, dataset), dataset, NAME, PAPER_FIGURE)
+        for dataset in tables.datasets
+    ]
+    return curve_figure(tables, NAME, panels, tables.datasets, out)
