@@ -247,7 +247,12 @@ class JointBilevel(TrainMethod):
             },
             "recipe": "released_code",
             "activation": "gelu",
-            "display": {"label": "Ours (released code)", "color": "#e377c2", "marker": "d"},
+            "display": {
+                "label": "Ours (released code)",
+                "color": "#e377c2",
+                "marker": "d",
+                "figures": (),
+            },
         },
         "lam=0.5": {"hparams": {"lam": 0.5}},
         "lam=1": {"hparams": {"lam": 1.0}},

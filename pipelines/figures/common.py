@@ -56,7 +56,7 @@ def dataset_label(dataset: str) -> str:
 
 
 def backbone_label(backbone: str) -> str:
-    """How figures name a backbone: 'msdnet_imagenet_step7' -> 'MSDNet step7'."""
+    """How figures name a backbone: its config's label (family and size, no data tokens)."""
     return get_model_config(backbone).label
 
 

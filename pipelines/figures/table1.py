@@ -30,7 +30,7 @@ NAME = TABLE1
 #: The column of tables/table1*.csv that holds each run's row label.
 ROW_COLUMN = "features"
 TABLE1_NOTE = f"{INTERPOLATION_NOTE}; – = budget outside the curve's cost range."
-NO_RUNS = "No Table 1 runs in this study."
+NO_RUNS = "No Table 1 runs in this study"
 
 
 def row_order() -> list[str]:
@@ -45,7 +45,7 @@ def row_order() -> list[str]:
     return list(dict.fromkeys(labels))
 
 
-def _rows_of(labels: pd.Series) -> list[str]:
+def _row_labels(labels: pd.Series) -> list[str]:
     """The labels present, in the declared order, then any other in order of appearance."""
     present = list(dict.fromkeys(labels))
     declared = [label for label in row_order() if label in present]
@@ -88,7 +88,7 @@ def table1_grids(tables: StudyTables, pm: str = "±") -> dict[str, pd.DataFrame]
                 point.top1_mean, point.top1_std, point.n_seeds, reported, pm
             )
         columns = [budget_label(b) for b in sorted(group["budget_mflops"].unique())]
-        grid = pd.DataFrame(cells).reindex(index=_rows_of(group[ROW_COLUMN]), columns=columns)
+        grid = pd.DataFrame(cells).reindex(index=_row_labels(group[ROW_COLUMN]), columns=columns)
         grids[f"{dataset_label(dataset)}, {backbone}"] = grid.fillna("–")
     return grids
 
@@ -102,7 +102,7 @@ def table1_markdown(tables: StudyTables, text: str) -> str:
     ]
     grids = table1_grids(tables)
     if not grids:
-        lines.append(NO_RUNS)
+        lines.append(f"{NO_RUNS}.")
     for title, grid in grids.items():
         lines += [
             f"## {title}",
@@ -158,7 +158,7 @@ def table1_latex(tables: StudyTables, text: str) -> str:
     """booktabs tables, one per dataset/backbone."""
     grids = table1_grids(tables, pm=r"$\pm$")
     if not grids:
-        return f"% {NO_RUNS}\n"
+        return f"% {NO_RUNS}.\n"
     return "\n\n".join(_tex_table(title, grid, text) for title, grid in grids.items()) + "\n"
 
 
@@ -191,7 +191,7 @@ def draw(tables: StudyTables, out: Path) -> list[Path]:
     for ax in axes:
         ax.axis("off")
     if not grids:
-        note(axes[0], NO_RUNS.lower().rstrip("."))
+        note(axes[0], NO_RUNS)
     for ax, (title, grid) in zip(axes, grids.items(), strict=False):
         _draw_grid(ax, title, grid)
     finish(fig, axes, f"{text}. {TABLE1_NOTE}")

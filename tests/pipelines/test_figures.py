@@ -1,42 +1,83 @@
-"""build_figures on fake tables: every file written and non-empty, Table 1 as Markdown and
-LaTeX, the λ/T sensitivity points, captions, fixed styles, and no crash when methods or
-datasets are missing."""
+"""build_figures on fake tables: every registered figure writes its declared files, non-empty,
+Table 1 as Markdown and LaTeX, the sensitivity points, captions, styles taken from the
+methods' and exit rules' declarations (a method registered here appears exactly where its
+display says), and no crash when methods or datasets are missing."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from eebench.pipelines.figures import (
-    FIGURE_FILES,
-    STYLES,
+from eebench.methods import EXIT_RULES, TRAIN_METHODS, Display, ExitRule, TrainMethod
+from eebench.methods.standard import Standard
+from eebench.pipelines.figures import FIGURE_FILES, FIGURE_NAMES, FIGURES, build_figures
+from eebench.pipelines.figures.common import (
+    StudyTables,
     backbone_label,
-    build_figures,
-    fig_sensitivity,
+    dataset_label,
+    display_of,
     load_tables,
-    style_of,
 )
 from eebench.pipelines.tables import build_tables, read_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[2]
+#: The curve figures, which draw one line per method (variant) they show.
+CURVE_FIGURES = ("fig2_anytime", "fig3_budgeted", "fig4_posthoc", "fig5_imagenet")
+
+DrawFigure = Callable[[str, StudyTables, Path], Figure]
 
 
 @pytest.fixture(scope="module")
-def figures(
+def fake_tables(
     make_study: Callable[..., dict[str, Any]], make_results: Callable[[dict[str, Any]], Path]
 ) -> Path:
-    """The figures of the fake study, drawn once for the tests that only read them."""
+    """The fake study's results with its tables built; returns its results root."""
     study = make_study()
     root = make_results(study)
     build_tables(study, root)
-    paths = build_figures(study, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def figures(make_study: Callable[..., dict[str, Any]], fake_tables: Path) -> Path:
+    """The figures of the fake study, drawn once for the tests that only read them."""
+    paths = build_figures(make_study(), fake_tables)
     assert sorted(p.name for p in paths) == sorted(FIGURE_FILES)
-    return root / "figures"
+    return fake_tables / "figures"
+
+
+@pytest.fixture
+def draw_figure(monkeypatch: pytest.MonkeyPatch) -> DrawFigure:
+    """draw(name, tables, out): draws one registered figure and returns the Figure it saved."""
+    saved: list[Figure] = []
+    savefig = Figure.savefig
+
+    def recording(self: Figure, *args: Any, **kwargs: Any) -> None:
+        saved.append(self)
+        savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+
+    def draw(name: str, tables: StudyTables, out: Path) -> Figure:
+        saved.clear()
+        FIGURES.get(name).draw(tables, out)
+        return saved[-1]
+
+    return draw
+
+
+def lines_labelled(fig: Figure, suffix: str) -> list[Line2D]:
+    """The lines of a figure whose legend label ends with `suffix`."""
+    return [line for ax in fig.axes for line in ax.lines if line.get_label().endswith(suffix)]
 
 
 def test_every_figure_is_a_non_empty_png_and_pdf(figures: Path) -> None:
@@ -47,6 +88,25 @@ def test_every_figure_is_a_non_empty_png_and_pdf(figures: Path) -> None:
             assert data.startswith(PNG_MAGIC), name
         if name.endswith(".pdf"):
             assert data.startswith(b"%PDF"), name
+
+
+def test_every_registered_figure_writes_its_declared_files_and_has_a_caption(
+    make_study: Callable[..., dict[str, Any]], fake_tables: Path, tmp_path: Path
+) -> None:
+    tables = load_tables(make_study(), fake_tables)
+    declared: list[str] = []
+    for name in FIGURE_NAMES:
+        entry = FIGURES.get(name)
+        out = tmp_path / name
+        paths = entry.draw(tables, out)
+        assert sorted(p.name for p in paths) == sorted(entry.files), name
+        assert sorted(p.name for p in out.iterdir()) == sorted(entry.files), name
+        assert all(p.stat().st_size > 0 for p in paths), name
+        assert (REPO / entry.caption).is_file(), entry.caption
+        declared += entry.files
+    assert sorted(FIGURE_FILES) == sorted(declared)
+    assert len(set(FIGURE_FILES)) == len(FIGURE_FILES)
+    assert {"table1.md", "table1.tex"} <= set(FIGURE_FILES)
 
 
 def test_table1_markdown_has_budget_columns_feature_rows_and_paper_values(figures: Path) -> None:
@@ -79,30 +139,46 @@ def test_figure_data_csvs_hold_the_points_drawn(figures: Path) -> None:
     fig2 = read_table(figures / "fig2_anytime.csv")
     assert set(fig2["method"]) == {"standard", "joint_bilevel"}
     assert set(fig2["variant"]) == {""}
+    # Fig. 4: each run once, under its method's main exit rule (max softmax for both here).
+    fig4 = read_table(figures / "fig4_posthoc.csv")
+    assert set(fig4["method"]) == {"standard", "joint_bilevel"}
+    assert set(fig4["policy"]) == {"max_softmax"}
+    assert set(fig4["panel"]) == {"MSDNet — CIFAR-100", "RANet — CIFAR-100"}
 
 
 def test_sensitivity_without_a_sweep_draws_notes_and_no_points(figures: Path) -> None:
     assert (figures / "fig_sensitivity.png").read_bytes().startswith(PNG_MAGIC)
     points = read_table(figures / "fig_sensitivity.csv")
     assert points.empty
-    assert {"hparam", "value", "budget_mflops", "top1_mean", "top1_std"} <= set(points.columns)
+    assert {"method", "hparam", "value", "budget_mflops", "top1_mean", "top1_std"} <= set(
+        points.columns
+    )
 
 
 def test_sensitivity_points_are_top1_at_the_table1_budgets_per_lam_and_T(
-    make_study: Callable[..., dict[str, Any]], make_results: Callable[[dict[str, Any]], Path]
+    make_study: Callable[..., dict[str, Any]],
+    make_results: Callable[[dict[str, Any]], Path],
+    draw_figure: DrawFigure,
 ) -> None:
     study = make_study()
     sweep = {"method": "joint_bilevel", "variants": ["lam=0.5", "lam=4", "T=1"]}
     study["runs"].append({**sweep, "backbones": ["msdnet_cifar"]})
     root = make_results(study)
     build_tables(study, root)
-    paths = fig_sensitivity(load_tables(study, root), root / "figures")
-    assert [p.name for p in paths] == [f"fig_sensitivity.{ext}" for ext in ("png", "pdf", "csv")]
+    fig = draw_figure("fig_sensitivity", load_tables(study, root), root / "figures")
+    written = sorted(p.name for p in (root / "figures").iterdir())
+    assert written == sorted(f"fig_sensitivity.{ext}" for ext in ("png", "pdf", "csv"))
     assert (root / "figures" / "fig_sensitivity.pdf").read_bytes().startswith(b"%PDF")
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.axes]
+    assert titles == [
+        "λ sweep — CIFAR-100, MSDNet, Ours (joint_bilevel)",
+        "T sweep — CIFAR-100, MSDNet, Ours (joint_bilevel)",
+    ]
     points = read_table(root / "figures" / "fig_sensitivity.csv")
     # RANet has no sweep; the default variant (λ=2, T=0.5 in its config) is in both panels;
     # 5 MFLOPs is below every curve, so there is no point for it.
     assert set(points["backbone"]) == {"msdnet_cifar"}
+    assert set(points["method"]) == {"joint_bilevel"}
     assert set(points["budget_mflops"]) == {30.0, 50.0, 70.0, 90.0}
     at_30 = points[points["budget_mflops"] == 30.0].set_index(["hparam", "value"])
     assert sorted(at_30.loc["lam"].index) == [0.5, 2.0, 4.0]
@@ -132,19 +208,79 @@ def test_stand_in_dataset_fills_the_imagenet_figure(
         "Fashion-MNIST (stands in for ImageNet): anytime",
         "Fashion-MNIST (stands in for ImageNet): budgeted",
     }
-    assert "No Table 1 runs" in (root / "figures" / "table1.md").read_text()
+    assert "No Table 1 runs in this study" in (root / "figures" / "table1.md").read_text()
     assert (root / "figures" / "fig4_posthoc.png").stat().st_size > 1000
 
 
-def test_styles_are_fixed_per_method_with_a_stable_fallback() -> None:
-    assert style_of("standard") == STYLES["standard"]
-    assert style_of("joint_bilevel", "frozen") == STYLES["joint_bilevel-frozen"]
-    new = style_of("some_future_method")
-    assert new == style_of("some_future_method")
-    assert new.color not in {s.color for s in STYLES.values()}
-    assert style_of("joint_bilevel", "lam=4").label == "Ours (joint_bilevel) [lam=4]"
+def test_labels_and_styles_come_from_the_declarations() -> None:
+    assert display_of("standard") == Standard.display
+    frozen = display_of("joint_bilevel", "frozen")
+    assert frozen.label == "frozen + Ours"
+    assert frozen.figures == ("fig3_budgeted",)
+    swept = display_of("joint_bilevel", "lam=4")
+    assert swept.label == "Ours (joint_bilevel) [lam=4]"
+    assert swept.figures == ()  # sweep points are the sensitivity figure's business
+    assert swept == display_of("joint_bilevel", "lam=4")  # a stable fallback colour
     assert backbone_label("msdnet_imagenet_step7") == "MSDNet step7"
     assert backbone_label("ranet_cifar") == "RANet"
+    assert dataset_label("cifar100") == "CIFAR-100"
+    assert dataset_label("not_a_dataset") == "not_a_dataset"
+
+
+def test_a_new_method_appears_exactly_in_the_figures_its_display_lists(
+    make_study: Callable[..., dict[str, Any]],
+    make_results: Callable[[dict[str, Any]], Path],
+    monkeypatch: pytest.MonkeyPatch,
+    draw_figure: DrawFigure,
+) -> None:
+    class NewMethod(TrainMethod):
+        name: ClassVar[str] = "new_method"
+        display: ClassVar[Display] = Display(
+            "New", "#123456", "P", figures=("fig2_anytime", "fig4_posthoc")
+        )
+
+    monkeypatch.setitem(TRAIN_METHODS._entries, NewMethod.name, NewMethod)
+    study = make_study("fashion_mnist")
+    study["datasets"]["fashion_mnist"]["stands_in_for"] = ["cifar100", "imagenet"]
+    study["runs"].append({"method": NewMethod.name})
+    root = make_results(study)
+    build_tables(study, root)
+    tables = load_tables(study, root)
+    for name in CURVE_FIGURES:
+        fig = draw_figure(name, tables, root / "figures")
+        lines = lines_labelled(fig, f" + {NewMethod.display.label}")
+        drawn = read_table(root / "figures" / f"{name}.csv")
+        shown = name in NewMethod.display.figures
+        assert (NewMethod.name in set(drawn["method"])) == shown, name
+        assert len(lines) == (2 if shown else 0), name  # one per backbone
+        assert {to_hex(line.get_color()) for line in lines} <= {NewMethod.display.color}
+        assert {line.get_marker() for line in lines} <= {NewMethod.display.marker}
+
+
+def test_an_exit_rule_of_single_points_draws_markers_without_a_line(
+    study: dict[str, Any],
+    results_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    draw_figure: DrawFigure,
+) -> None:
+    class OnePoint(ExitRule):
+        name: ClassVar[str] = "one_point"
+        draws_as: ClassVar[str] = "points"
+        legend_suffix: ClassVar[str] = " (one point)"
+
+    monkeypatch.setitem(EXIT_RULES._entries, OnePoint.name, OnePoint)
+    build_tables(study, results_root)
+    path = results_root / "tables" / "budgeted_summary.csv"
+    frame = read_table(path)
+    runs = frame[(frame["method"] == "standard") & (frame["policy"] == "max_softmax")]
+    point = runs[runs["p"] == 20].assign(policy=OnePoint.name)
+    pd.concat([frame, point], ignore_index=True).to_csv(path, index=False)
+    fig = draw_figure("fig3_budgeted", load_tables(study, results_root), results_root / "f")
+    lines = lines_labelled(fig, f" + standard{OnePoint.legend_suffix}")
+    assert len(lines) == 2  # one per backbone
+    assert all(line.get_linestyle() == "None" for line in lines)
+    assert all(len(line.get_xdata()) == 1 for line in lines)
+    assert lines_labelled(fig, " + standard")[0].get_linestyle() == "-"
 
 
 def test_figures_need_the_tables_first(study: dict[str, Any], results_root: Path) -> None:
