@@ -51,13 +51,18 @@ def test_softmax_confidence_is_stable_and_correct() -> None:
     assert softmax_confidence(logits).dtype == np.float64
 
 
-def test_softmax_confidence_equals_max_softmax_policy() -> None:
-    pytest.importorskip("torch")
-    from eebench.methods.policies import MaxSoftmax
+def test_softmax_confidence_is_the_max_probability_in_numpy_and_torch() -> None:
+    """Against the textbook softmax (expected values computed independently), and the torch
+    version that real early exit thresholds equals the numpy one that fitted them."""
+    torch = pytest.importorskip("torch")
+    from eebench.methods.inference import max_softmax
 
     logits = np.random.default_rng(0).normal(size=(3, 50, 10)).astype(np.float32) * 5
-    policy = MaxSoftmax().scores(logits, None)
-    assert np.array_equal(softmax_confidence(logits), policy)  # same thresholds either way
+    z = logits.astype(np.float64)
+    expected = (np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)).max(axis=-1)
+    np.testing.assert_allclose(softmax_confidence(logits), expected, rtol=1e-12)
+    in_torch = max_softmax(torch.from_numpy(logits)).numpy()
+    np.testing.assert_allclose(in_torch, softmax_confidence(logits), rtol=1e-15)
 
 
 def test_exit_proportions_formula() -> None:
