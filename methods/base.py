@@ -30,11 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eebench.pipelines.outputs import OWN_SCORE, ExitDecision, RunOutputs
+from eebench.pipelines.outputs import MAX_SOFTMAX, OWN_SCORE, ExitDecision, RunOutputs
 from eebench.pipelines.registry import Registry
-
-#: The generic exit score every exit has: the max softmax of its prediction logits.
-MAX_SOFTMAX = "max_softmax"
 
 
 class HyperparameterError(ValueError):

@@ -17,13 +17,6 @@ from eebench.pipelines import protocol
 from eebench.pipelines.outputs import OWN_SCORE, ExitDecision, RunOutputs
 
 
-def val_scores(outputs: RunOutputs, score: str) -> np.ndarray:
-    """K×N val scores: the max softmax of the logits, or a stored score by name."""
-    if score == MAX_SOFTMAX:
-        return protocol.softmax_confidence(outputs.val.logits)
-    return outputs.val.scores[score].astype(np.float64)
-
-
 def decisions_from_thresholds(
     rule: str, score: str, thresholds: np.ndarray, points: list[int], qs: list[float]
 ) -> list[ExitDecision]:
@@ -40,7 +33,7 @@ class ProportionRule(ExitRule):
     generic: ClassVar[bool] = True
 
     def fit(self, outputs: RunOutputs) -> list[ExitDecision]:
-        thresholds = protocol.budgeted_thresholds(val_scores(outputs, self.score))
+        thresholds = protocol.budgeted_thresholds(outputs.val.score(self.score))
         points = list(protocol.P_VALUES)
         return decisions_from_thresholds(
             self.name, self.score, thresholds, points, [p / 20 for p in points]

@@ -94,11 +94,6 @@ def collect(
     )
 
 
-def exit_top1(split: SplitOutputs) -> list[float]:
-    """Top-1 (percent) of every exit."""
-    return split.top1()
-
-
 def run_costs(
     method: InferenceCosts, backbone_mflops: np.ndarray
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -136,13 +131,10 @@ def budgeted_rows(outputs: RunOutputs, decisions: list[ExitDecision]) -> pd.Data
     for rule in dict.fromkeys(d.rule for d in decisions):
         chosen = [d for d in decisions if d.rule == rule]
         score = chosen[0].score
-        test_scores = (
-            protocol.softmax_confidence(outputs.test.logits)
-            if score == MAX_SOFTMAX
-            else outputs.test.scores[score]
-        )
         thresholds = np.array([d.thresholds for d in chosen])
-        rows = protocol.thresholded_rows(test_scores, correct, outputs.costs(score), thresholds)
+        rows = protocol.thresholded_rows(
+            outputs.test.score(score), correct, outputs.costs(score), thresholds
+        )
         rows.insert(0, "q", [d.q for d in chosen])
         rows.insert(0, "p", [d.point for d in chosen])
         blocks.append(rows.assign(policy=rule))

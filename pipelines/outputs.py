@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 
 from eebench.pipelines.io import write_npz, write_text
+from eebench.pipelines.protocol import softmax_confidence
 
 FORMAT_VERSION = 2
 #: The method's own exit score: stored under the protocol's `val_scores`/`test_scores`.
 OWN_SCORE = "score"
+#: The generic exit score every exit has: the max softmax of its prediction logits.
+MAX_SOFTMAX = "max_softmax"
 SPLITS = ("val", "test")
 OUTPUTS_FILE = "outputs.npz"
 FEATURES_FILE = "features.npz"
@@ -56,6 +59,12 @@ class SplitOutputs:
     def correct(self) -> np.ndarray:
         """K×N: whether exit k classifies sample i correctly."""
         return self.logits.argmax(axis=-1) == self.labels[None, :]
+
+    def score(self, name: str) -> np.ndarray:
+        """K×N float64 scores: the max softmax of the logits, or a stored score by name."""
+        if name == MAX_SOFTMAX:
+            return softmax_confidence(self.logits)
+        return self.scores[name].astype(np.float64)
 
     def top1(self) -> list[float]:
         """Top-1 (percent) of every exit."""

@@ -91,7 +91,7 @@ def paper_reported() -> pd.DataFrame:
 
 
 def backbone_family(backbone: str) -> str:
-    """'msdnet_imagenet_step7' -> 'msdnet': the paper names backbones by family only."""
+    """The architecture family a backbone config declares: the paper names backbones by it."""
     return get_model_config(backbone).family
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from eebench.methods.base import StepOutput, hard_labels
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.engine import Engine
-from eebench.pipelines.evaluate import collect, exit_top1
+from eebench.pipelines.evaluate import collect
 from eebench.pipelines.io import write_csv, write_yaml
 from eebench.pipelines.runs import build_method, make_loaders, resolve_device, run_recipe
 
@@ -207,7 +207,7 @@ class Trainer:
         val = collect(
             self.method, self.loaders.val.iterate(0), self.device, fast=not self.recipe.compile
         )
-        return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(exit_top1(val))}
+        return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(val.top1())}
 
     def _update_best(self, row: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
         """Best epoch by val top-1 of the last exit (never test); its weights go to best.pt."""

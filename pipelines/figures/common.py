@@ -10,7 +10,7 @@ and a dataset's label. Backbones are told apart by marker fill.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -361,6 +361,21 @@ def save(fig: Figure, out: Path, name: str, data: pd.DataFrame) -> list[Path]:
         paths.append(out / f"{name}.{ext}")
     write_csv(out / f"{name}.csv", data)
     return [*paths, out / f"{name}.csv"]
+
+
+def per_dataset_figure(
+    tables: StudyTables,
+    name: str,
+    paper_figure: str,
+    make_panel: Callable[[StudyTables, str, str | None, str, str], Panel],
+    out: Path,
+) -> list[Path]:
+    """A panel per dataset of the study, each made by `make_panel` (anytime or budgeted)."""
+    panels = [
+        make_panel(tables, panel_title(tables, dataset), dataset, name, paper_figure)
+        for dataset in tables.datasets
+    ]
+    return curve_figure(tables, name, panels, tables.datasets, out)
 
 
 def curve_figure(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eebench.pipelines.figures import register_figure
-from eebench.pipelines.figures.common import StudyTables, anytime_panel, curve_figure, panel_title
+from eebench.pipelines.figures.common import StudyTables, anytime_panel, per_dataset_figure
 
 NAME = "fig2_anytime"
 PAPER_FIGURE = "fig2"  # its numbers in the paper's reported CSV
@@ -14,8 +14,4 @@ PAPER_FIGURE = "fig2"  # its numbers in the paper's reported CSV
 
 @register_figure(NAME)
 def draw(tables: StudyTables, out: Path) -> list[Path]:
-    panels = [
-        anytime_panel(tables, panel_title(tables, dataset), dataset, NAME, PAPER_FIGURE)
-        for dataset in tables.datasets
-    ]
-    return curve_figure(tables, NAME, panels, tables.datasets, out)
+    return per_dataset_figure(tables, NAME, PAPER_FIGURE, anytime_panel, out)
