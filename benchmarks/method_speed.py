@@ -43,8 +43,8 @@ from eebench.methods import TRAIN_METHODS
 from eebench.pipelines.config import validate
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import write_csv
-from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.train import EpochMeter, Trainer
+from eebench.recipes import RECIPES
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "method_speed.csv"
 VARIANTS = {  # row name -> (method, divisor of --batch-size)

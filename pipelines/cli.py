@@ -139,7 +139,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     from eebench.backbones import list_models
     from eebench.methods import EXIT_RULES, POSTHOC_METHODS, TRAIN_METHODS
     from eebench.pipelines.datasets import DATASETS
-    from eebench.pipelines.recipes import RECIPES
+    from eebench.recipes import RECIPES
 
     for title, names in [
         ("datasets", DATASETS.names()),

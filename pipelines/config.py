@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from eebench.pipelines.recipes import RECIPES
+from eebench.recipes import RECIPES
 
 
 class ConfigError(ValueError):

@@ -1,7 +1,9 @@
-"""Named training recipes: optimiser, schedule, batch size, epochs and augmentation.
+"""Training recipes: optimiser, schedule, batch size, epochs and augmentation.
 
-A recipe is data; `lr_at` turns it into a learning rate per iteration, a pure
-function of the global step, so a resumed run sets exactly the same rates.
+The named recipes live in `eebench.recipes` (the top-level `recipes/` folder), as
+backbones and methods live in theirs. A recipe is data; `lr_at` turns it into a learning
+rate per iteration, a pure function of the global step, so a resumed run sets exactly the
+same rates.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Recipe:
     ema: bool = False
     ema_decay: float = 0.9999
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
-    # Training layout, CPU too: 1.15× on the fmnist backbones, 0.95× on msdnet_cifar (CPU).
+    # Training layout, CPU too: 1.15× on the Fashion-MNIST backbones, 0.95× on the CIFAR MSDNet.
     channels_last: bool = True
     compile: bool = False
     source: str = ""  # where the recipe comes from
@@ -114,75 +116,3 @@ def cosine(start: float, end: float, step: int, total: int) -> float:
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
-
-
-def _add(recipe: Recipe) -> None:
-    RECIPES.register(recipe.name)(recipe)
-
-
-_add(
-    Recipe(
-        name="msdnet_cifar",
-        source="MSDNet/RANet reference code: SGD 0.1, ×0.1 at 50% and 75% of 300 epochs",
-    )
-)
-_add(
-    Recipe(
-        name="msdnet_imagenet",
-        batch_size=256,
-        epochs=90,
-        schedule="step",
-        step_epochs=30,
-        source="MSDNet reference code, ImageNet: batch 256, 90 epochs, ×0.1 every 30",
-    )
-)
-_add(
-    Recipe(
-        name="paper_cifar",
-        schedule="cosine",
-        min_lr=1e-3,
-        source="Addad et al. App. B, CIFAR: SGD 0.1 → 1e-3 cosine, batch 64, 300 epochs, wd 1e-4",
-    )
-)
-_add(
-    Recipe(
-        name="paper_imagenet",
-        optimizer="adamw",
-        lr=1e-3,
-        min_lr=1e-6,
-        weight_decay=0.05,
-        batch_size=1024,
-        epochs=90,
-        schedule="cosine",
-        warmup_epochs=20,
-        source="Addad et al. App. B, ImageNet: AdamW 1e-3 → 1e-6, batch 1024, wd 0.05, "
-        "20 warm-up epochs (epochs not given by the paper: 90 as the baselines)",
-    )
-)
-_add(
-    Recipe(
-        name="released_code",
-        optimizer="adamw",
-        lr=4e-3,
-        min_lr=1e-6,
-        weight_decay=1e-4,
-        decay_matrices_only=True,
-        schedule="cosine",
-        warmup_epochs=20,
-        augment="timm",
-        mixup=0.8,
-        cutmix=1.0,
-        label_smoothing=0.1,
-        source="gphi_MSDNet code defaults: AdamW 4e-3, 20 warm-up epochs, RandAugment m9, "
-        "Mixup 0.8 / CutMix 1.0, random erasing 0.25, label smoothing 0.1",
-    )
-)
-_add(
-    Recipe(
-        name="fmnist",
-        schedule="cosine",
-        min_lr=1e-3,
-        epochs=30,
-        source="small Fashion-MNIST recipe of this suite: SGD 0.1 → 1e-3 cosine, batch 64",
-    )
-)

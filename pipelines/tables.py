@@ -25,8 +25,6 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from eebench.methods.base import MAX_SOFTMAX, TableRows
 from eebench.pipelines.config import RunSpec, expand_runs, load_run_config
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.protocol import accuracy_at_budget
+from eebench.reference import paper_reported_csv
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,9 @@ DEFAULT_BUDGET_FRACTIONS: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8)
 TABLE1 = "table1"
 
 
-@cache
-def _paper_reported_text() -> str:
-    return resources.files("eebench.pipelines").joinpath("reference/paper_reported.csv").read_text()
-
-
 def paper_reported() -> pd.DataFrame:
-    """The paper's reported numbers (a copy of shared/reference/paper_reported.csv, shipped
-    as package data so that installed copies have it; source: Addad et al. 2024, §4)."""
-    return pd.read_csv(StringIO(_paper_reported_text()))
+    """The paper's reported numbers (`eebench.reference`; Addad et al. 2024, §4)."""
+    return pd.read_csv(StringIO(paper_reported_csv()))
 
 
 def backbone_family(backbone: str) -> str:
@@ -291,7 +284,7 @@ def build_table1(study: dict[str, Any], results: StudyResults) -> pd.DataFrame:
 # --------------------------------------------------------------------------- paper comparison
 
 
-def _paper_method(name: str) -> tuple[str, str | None]:
+def paper_method(name: str) -> tuple[str, str | None]:
     """'method[row label]' -> ('method', 'row label'); a Table 1 row names its label."""
     method, _, label = name.partition("[")
     return method, label.rstrip("]") or None
@@ -300,7 +293,7 @@ def _paper_method(name: str) -> tuple[str, str | None]:
 def _matching_runs(runs: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
     """Our runs for a paper row: same dataset, method, backbone family, and variant (the
     default one, or the Table 1 row of the same label)."""
-    method, label = _paper_method(row["method"])
+    method, label = paper_method(row["method"])
     mask = (runs["dataset"] == row["dataset"]) & (runs["method"] == method)
     mask &= runs["backbone"].map(backbone_family) == row["backbone"]
     if label is None:

@@ -24,7 +24,7 @@ from eebench.pipelines.figures.common import (
     save,
 )
 from eebench.pipelines.io import write_text
-from eebench.pipelines.tables import TABLE1, _paper_method, backbone_family
+from eebench.pipelines.tables import TABLE1, backbone_family, paper_method
 
 NAME = TABLE1
 #: The column of tables/table1*.csv that holds each run's row label.
@@ -70,7 +70,7 @@ def _paper_table1(
         & (paper["backbone"] == backbone_family(backbone))
     ]
     return {
-        (_paper_method(row.method)[1], float(row.budget_mflops)): row.top1
+        (paper_method(row.method)[1], float(row.budget_mflops)): row.top1
         for row in rows.itertuples()
     }
 

@@ -37,9 +37,9 @@ from eebench.pipelines.outputs import (
     read_outputs,
     write_outputs,
 )
-from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.registry import UnknownNameError
 from eebench.pipelines.tables import read_table
+from eebench.recipes import RECIPES
 
 FAMILIES = ("cifar", "imagenet", "fmnist", "synthetic")
 VARIANT_KEYS = {"hparams", "recipe", "activation", "init_from", "display"}

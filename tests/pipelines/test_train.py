@@ -22,9 +22,9 @@ from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.engine import NonFiniteLossError
 from eebench.pipelines.evaluate import collect, evaluate_run
 from eebench.pipelines.io import write_yaml
-from eebench.pipelines.recipes import RECIPES
 from eebench.pipelines.runs import build_method, make_loaders
 from eebench.pipelines.train import train_run
+from eebench.recipes import RECIPES
 
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
 
