@@ -11,6 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: run test setup data clean-study
 
 run: setup data
+	$(BIN)/eebench check --study config/$(STUDY).yaml >/dev/null
 	$(BIN)/snakemake --profile profiles/default --configfile config/$(STUDY).yaml
 	$(BIN)/snakemake --profile profiles/default --configfile config/$(STUDY).yaml \
 		--report results/$(STUDY)/report.html

@@ -35,6 +35,7 @@ SPLIT_FILES = {dataset: split_file(ROOT, dataset, STUDY["split_seed"]) for datas
 DATASET_OF_SPLIT = {Path(path).name: dataset for dataset, path in SPLIT_FILES.items()}
 # Shell commands use these globals rather than `params:` on purpose: a params change
 # reruns a job, and the absolute paths below change with the checkout, not the results.
+# The one parameter of the run rules is the run's config hash (what its numbers depend on).
 EEBENCH = eebench_command()
 COMMON = f"--study {shlex.quote(str(STUDY_FILE))} --results {shlex.quote(ROOT)}"
 RUN_COMMAND = "{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {threads} > {log:q} 2>&1"
@@ -48,6 +49,18 @@ def spec_of(wildcards):
 
 def run_split(wildcards):
     return SPLIT_FILES[spec_of(wildcards).dataset]
+
+
+def run_config_hash(wildcards):
+    return config_hash(STUDY, ROOT, spec_of(wildcards))
+
+
+def run_files(spec):
+    """Every file of a finished run that the tables, figures or post-hoc runs read."""
+    names = ["anytime.csv", "budgeted.csv", "outputs.npz", "exit_rules.json"]
+    if method_kind(spec.method) == "train":
+        names.append("features.npz")
+    return [f"{ROOT}/{spec.path}/{name}" for name in names]
 
 
 report: "report/workflow.rst"
@@ -94,6 +107,8 @@ rule train:
         f"{ROOT}/{{run}}/model.pt",
     wildcard_constraints:
         run=TRAIN_RUNS,
+    params:
+        config=run_config_hash,
     log:
         f"{ROOT}/logs/train/{{run}}.log",
     threads: 8
@@ -115,6 +130,9 @@ rule evaluate:
         rules=f"{ROOT}/{{run}}/exit_rules.json",
     wildcard_constraints:
         run=TRAIN_RUNS,
+    params:
+        config=run_config_hash,
+        features_subset=STUDY["features_subset"],
     log:
         f"{ROOT}/logs/evaluate/{{run}}.log",
     threads: 8
@@ -138,6 +156,8 @@ rule calibrate:
         rules=f"{ROOT}/{{run}}/exit_rules.json",
     wildcard_constraints:
         run=POSTHOC_RUNS,
+    params:
+        config=run_config_hash,
     log:
         f"{ROOT}/logs/calibrate/{{run}}.log",
     threads: 4
@@ -149,7 +169,8 @@ rule calibrate:
 
 rule tables:
     input:
-        [f"{ROOT}/{spec.path}/{name}" for spec in RUNS for name in ("anytime.csv", "budgeted.csv")],
+        # every run file, so that a deleted outputs.npz is made again (without retraining)
+        [path for spec in RUNS for path in run_files(spec)],
     output:
         [
             report(f"{ROOT}/tables/{name}", caption="report/tables.rst", category="Tables")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eebench.pipelines.errors import number_hint
 from eebench.pipelines.outputs import MAX_SOFTMAX, OWN_SCORE, ExitDecision, RunOutputs
 from eebench.pipelines.registry import Registry
 
@@ -57,7 +58,7 @@ def _check_type(method: str, key: str, default: Any, value: Any) -> None:
     if not ok:
         raise HyperparameterError(
             f"{method}: hyperparameter {key!r} must be {_type_name(default)} "
-            f"(default {default!r}), got {_type_name(value)} {value!r}"
+            f"(default {default!r}), got {_type_name(value)} {value!r}{number_hint(value)}"
         )
 
 
@@ -134,6 +135,9 @@ class HasHparams:
     default_main_rule: ClassVar[str] = MAX_SOFTMAX
     table_rows: ClassVar[tuple[TableRows, ...]] = ()
     sweeps: ClassVar[tuple[Sweep, ...]] = ()
+    # Bump when a change to the method's file changes its numbers: runs trained with the
+    # old code then no longer pass as current (pipelines/fingerprint.py).
+    code_version: ClassVar[str] = ""
 
     @classmethod
     def resolve_hparams(

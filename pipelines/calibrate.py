@@ -20,7 +20,9 @@ from eebench.methods.base import MAX_SOFTMAX
 from eebench.methods.inference import replay
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.evaluate import run_costs, write_run_results
+from eebench.pipelines.fingerprint import recorded
 from eebench.pipelines.io import write_yaml
+from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_outputs
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,11 @@ def apply_posthoc(method: PostHocMethod, split: SplitOutputs) -> SplitOutputs:
 
 def calibrate_run(run: dict[str, Any], run_dir: Path) -> None:
     """Fit the run's post-hoc method on its source run and write the post-hoc run's files."""
+    with run_lock(run_dir, "calibrate"):
+        _calibrate(run, run_dir)
+
+
+def _calibrate(run: dict[str, Any], run_dir: Path) -> None:
     source = Path(run["source"])
     method_cls = POSTHOC_METHODS.get(run["method"])
     outputs = read_outputs(source, with_features="features" in method_cls.needs)
@@ -60,5 +67,5 @@ def calibrate_run(run: dict[str, Any], run_dir: Path) -> None:
         flops=flops,
         score_flops=score_flops,
     )
-    ckpt.save_torch(run_dir / "model.pt", {"method": method.state_dict()})
+    ckpt.save_torch(run_dir / "model.pt", {"method": method.state_dict(), **recorded(run)})
     write_run_results(run_dir, calibrated, method_cls, run)

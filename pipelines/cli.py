@@ -97,16 +97,16 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     run, run_dir, split_dir = _run_config(args)
     _setup_logging(run_dir / "train.log")
-    path = train_run(run, run_dir, split_dir)
+    path = train_run(run, run_dir, split_dir, restart=args.restart)
     print(f"trained: {path}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from eebench.pipelines.evaluate import evaluate_run
 
-    _, run_dir, split_dir = _run_config(args)
+    run, run_dir, split_dir = _run_config(args)
     _setup_logging(run_dir / "evaluate.log")
-    evaluate_run(run_dir, split_dir, with_features=not args.no_features)
+    evaluate_run(run, run_dir, split_dir, with_features=not args.no_features)
     print(f"evaluated: {run_dir / 'outputs.npz'}")
 
 
@@ -133,6 +133,19 @@ def cmd_figures(args: argparse.Namespace) -> None:
     study, root = _study_paths(args)
     for path in build_figures(study, root):
         print(f"wrote {path}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from eebench.methods import method_kind
+    from eebench.pipelines.config import expand_runs, resolve_run
+    from eebench.pipelines.fingerprint import fingerprint
+
+    study, root = _study_paths(args)
+    runs = expand_runs(study)
+    for spec in runs:
+        run = resolve_run(study, spec, results_root=root)
+        print(f"{spec.path}  {method_kind(spec.method)}  config {fingerprint(run)}")
+    print(f"{args.study}: valid; {len(runs)} runs, results in {root}")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -185,6 +198,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "calibrate": (cmd_calibrate, "fit a post-hoc method on a trained run's val outputs"),
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
+    "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
     "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
 }
 
@@ -218,11 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--dataset", required=True)
     for name in ("train", "evaluate", "calibrate"):
         _add_run(parsers[name])
+    parsers["train"].add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the run's checkpoints and model.pt first and train it from the start "
+        "(after a NaN stop, or to train under a changed config)",
+    )
     parsers["evaluate"].add_argument(
         "--no-features", action="store_true", help="skip the per-exit features (post-hoc inputs)"
     )
-    for name in ("tables", "figures"):
+    for name in ("tables", "figures", "check"):
         _add_study(parsers[name])
+    for command in parsers.values():
+        command.add_argument(
+            "--debug", action="store_true", help="show the traceback of user errors too"
+        )
     return parser
 
 
@@ -236,9 +260,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command][0](args)
     except user_errors() as error:
-        print(f"eebench {args.command}: error: {error}", file=sys.stderr)
+        if args.debug:
+            raise
+        print(f"eebench {args.command}: error: {describe(error)}", file=sys.stderr)
         return 2
     return 0
+
+
+def describe(error: BaseException) -> str:
+    """One line for a user error; a file system error names its file and the fix."""
+    if isinstance(error, PermissionError) and error.filename:
+        return (
+            f"cannot write {error.filename} ({error.strerror}): make its folder writable, "
+            "or choose another results folder (--results)"
+        )
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from eebench.pipelines.errors import number_hint
 from eebench.recipes import RECIPES
 
 
@@ -40,7 +41,7 @@ def validate(data: Any, kind: str, origin: str) -> None:
         lines = []
         for error in errors[:5]:
             where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {error.message}")
+            lines.append(f"  {where}: {error.message}{number_hint(error.instance)}")
         raise ConfigError(f"{origin}: invalid {kind} config\n" + "\n".join(lines))
 
 
@@ -57,9 +58,7 @@ def load_study(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study config {path} does not exist (studies are in config/*.yaml)")
-    with path.open() as handle:
-        data = yaml.safe_load(handle)
-    return check_study(data, origin=str(path))
+    return check_study(read_config_yaml(path), origin=str(path))
 
 
 def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
@@ -155,6 +154,10 @@ def resolve_run(
         recipe = RECIPES.get(recipe_name).with_overrides(
             {**dcfg.get("recipe_overrides", {}), **entry.get("recipe_overrides", {})}
         )
+        if "synthetic" not in dcfg:  # its sizes are the loader's to check
+            _check_train_subset(
+                spec.dataset, dcfg.get("train_subset"), info.n_train_total - info.n_val
+            )
     except (KeyError, ValueError, HyperparameterError) as error:
         raise ConfigError(f"{where}: {error}") from None
     root = Path(results_root)
@@ -181,9 +184,18 @@ def resolve_run(
         "selection": study["selection"],
         "validate_each_epoch": study["validate_each_epoch"],
         "features_subset": study["features_subset"],
+        **({"synthetic": dcfg["synthetic"]} if "synthetic" in dcfg else {}),
     }
     validate(run, "run", where)
     return run
+
+
+def _check_train_subset(dataset: str, subset: int | None, n_train: int) -> None:
+    if subset is not None and subset > n_train:
+        raise ConfigError(
+            f"datasets/{dataset}/train_subset: {subset} is larger than the training split "
+            f"({n_train} images); use at most {n_train}, or remove it to train on all of them"
+        )
 
 
 def _sibling(spec: RunSpec, method_and_variant: str) -> str:
@@ -204,7 +216,18 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"run config {path} does not exist")
-    with path.open() as handle:
-        data = yaml.safe_load(handle)
+    data = read_config_yaml(path)
     validate(data, "run", str(path))
     return data
+
+
+def read_config_yaml(path: Path) -> Any:
+    """A config file's content; a YAML syntax error is one line with its place."""
+    try:
+        with path.open() as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML at {where}: {problem}") from None

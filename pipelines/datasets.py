@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,12 @@ def read_idx(path: Path) -> np.ndarray:
     """Read a (possibly gzipped) uint8 idx file into an array of its stated shape."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise DatasetFormatError(
+                f"{path} is not a complete gzip file ({error}); delete it and get it again"
+            ) from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise DatasetFormatError(f"{path} is not a uint8 idx file; delete it and get it again")
     ndim = raw[3]

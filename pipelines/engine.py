@@ -141,8 +141,10 @@ class Engine:
             epoch = self.global_step // self.steps_per_epoch
             raise NonFiniteLossError(
                 f"loss is {float(value):.4g} at epoch {epoch}, "
-                f"global step {self.global_step} ({slot.name} update); the last good checkpoint "
-                f"in {self.ckpt_dir} is kept; lower the learning rate or check the data"
+                f"global step {self.global_step} ({slot.name} update). Lower the learning rate "
+                "(or check the data), then train the run again from the start with "
+                f"`eebench train ... --restart` (or delete {self.ckpt_dir}): resuming "
+                "would start from the checkpoints that led here"
             )
         self.method.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -18,11 +18,12 @@ import pandas as pd
 import torch
 
 from eebench.backbones import MultiExitNet, fold_batchnorm
-from eebench.methods import EXIT_RULES
+from eebench.methods import EXIT_RULES, method_class
 from eebench.methods.base import MAX_SOFTMAX, InferenceCosts, TrainMethod, rules_for
 from eebench.methods.inference import ExitByExit
 from eebench.pipelines import protocol
 from eebench.pipelines.io import write_csv
+from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import (
     ExitDecision,
     RunOutputs,
@@ -178,13 +179,25 @@ def classifiers_of(backbone: MultiExitNet) -> list[tuple[np.ndarray, np.ndarray]
     ]
 
 
-def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) -> None:
-    """Write a finished run's outputs, fitted exit rules and curves."""
-    from eebench.pipelines.config import load_run_config
-    from eebench.pipelines.runs import build_method, make_loaders, resolve_device, trained_state
+def evaluate_run(
+    run: dict[str, Any], run_dir: Path, split_dir: Path, *, with_features: bool = True
+) -> None:
+    """Write a finished run's outputs, fitted exit rules and curves; its model.pt must have
+    been trained under `run` (the run's current config)."""
+    from eebench.pipelines.runs import trained_state
 
-    run = load_run_config(run_dir / "config.yaml")
-    state = trained_state(run_dir)
+    with run_lock(run_dir, "evaluate"):
+        outputs = _evaluated_outputs(run, trained_state(run_dir, run), split_dir, with_features)
+        method_cls = method_class(run["method"])
+        write_run_results(run_dir, outputs, method_cls, run, with_features)
+
+
+def _evaluated_outputs(
+    run: dict[str, Any], state: dict[str, Any], split_dir: Path, with_features: bool
+) -> RunOutputs:
+    """Val and test (and train, for post-hoc methods) outputs of a trained method."""
+    from eebench.pipelines.runs import build_method, make_loaders, resolve_device
+
     device = resolve_device(run["device"])
     loaders = make_loaders(run, split_dir, device)
     info = loaders.info
@@ -205,4 +218,4 @@ def evaluate_run(run_dir: Path, split_dir: Path, *, with_features: bool = True) 
             max_samples=run.get("features_subset") or None,
             fast=True,
         )
-    write_run_results(run_dir, outputs, type(method), run, with_features)
+    return outputs

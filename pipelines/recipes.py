@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from eebench.pipelines.errors import number_hint
 from eebench.pipelines.registry import Registry
 
 
@@ -83,7 +84,8 @@ class Recipe:
                 value = float(value)
             if not isinstance(value, type(default)):
                 raise ValueError(
-                    f"recipe field {key!r} must be {type(default).__name__}, got {value!r}"
+                    f"recipe field {key!r} must be {type(default).__name__}, "
+                    f"got {value!r}{number_hint(value)}"
                 )
             clean[key] = value
         return dataclasses.replace(self, **clean)

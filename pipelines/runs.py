@@ -12,6 +12,7 @@ from eebench.backbones.flops import exit_mflops
 from eebench.methods import TRAIN_METHODS
 from eebench.methods.base import TrainContext, TrainMethod
 from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.fingerprint import check_recorded
 from eebench.pipelines.loaders import build_loaders
 from eebench.pipelines.recipes import Recipe
 
@@ -70,12 +71,16 @@ def build_method(
     return TRAIN_METHODS.get(run["method"])(model, run["hparams"], ctx).to(device)
 
 
-def trained_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    """The method state (backbone + method modules) of a finished run."""
+def trained_state(run_dir: Path, run: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The method state (backbone + method modules) of a finished run; given `run`, the
+    model must have been trained under that config."""
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: train the run {run_dir} first")
-    return ckpt.load_torch(path, ("method",))["method"]
+    payload = ckpt.load_torch(path, ("method",))
+    if run is not None:
+        check_recorded(path, payload, run, "train the run again (`eebench train ... --restart`)")
+    return payload["method"]
 
 
 def load_backbone(model: torch.nn.Module, run_dir: Path) -> None:

@@ -66,7 +66,7 @@ def get_split(
         raise ValueError(f"{dataset}: n_val={n_val} must be in 1..{n_total - 1}")
     path = split_path(dataset, split_dir, seed, n_total, n_val)
     if path.exists():
-        return _read_split(path, n_total, n_val)
+        return _read_split(path, dataset, seed, n_total, n_val)
     permutation = np.random.default_rng(seed).permutation(n_total).astype(np.int64)
     split = Split(permutation[: n_total - n_val], permutation[n_total - n_val :])
     write_npz(
@@ -79,13 +79,18 @@ def get_split(
     return split
 
 
-def _read_split(path: Path, n_total: int, n_val: int) -> Split:
+def _read_split(path: Path, dataset: str, seed: int, n_total: int, n_val: int) -> Split:
     try:
         with np.load(path, allow_pickle=False) as stored:
             train, val = stored["train"], stored["val"]
+            made_for = (str(stored["dataset"]), int(stored["seed"]))
     except Exception as exc:  # truncated zip, missing key, garbage: all mean "corrupted"
-        raise _split_error(path, f"unreadable: {type(exc).__name__}: {exc}") from exc
+        raise _split_error(path, f"unreadable: {type(exc).__name__}: {exc}") from None
     problem = _split_problem(train, val, n_total, n_val)
+    if made_for != (dataset, seed):
+        problem = (
+            f"it was drawn for {made_for[0]} with seed {made_for[1]}, not {dataset} seed {seed}"
+        )
     if problem:
         raise _split_error(path, problem)
     return Split(train.astype(np.int64), val.astype(np.int64))

@@ -35,7 +35,14 @@ import pandas as pd
 from eebench.backbones import get_model_config
 from eebench.methods import method_class
 from eebench.methods.base import MAX_SOFTMAX, TableRows
-from eebench.pipelines.config import RunSpec, expand_runs, load_run_config
+from eebench.pipelines.config import (
+    ConfigError,
+    RunSpec,
+    expand_runs,
+    load_run_config,
+    resolve_run,
+)
+from eebench.pipelines.fingerprint import differences, fingerprint, hashed_config
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.protocol import accuracy_at_budget
 from eebench.reference import paper_reported_csv
@@ -180,17 +187,25 @@ def load_results(
 ) -> StudyResults:
     """Read every run of the study; missing runs are an error unless `allow_missing`."""
     root = Path(results_root)
-    anytime, budgeted, index, missing = [], [], [], []
+    anytime, budgeted, index, missing, stale = [], [], [], [], []
     for spec in expand_runs(study):
         files = _run_files(root, spec)
         absent = [str(path) for path in files.values() if not path.is_file()]
         if absent:
             missing += absent
             continue
+        config = load_run_config(files["config"])
+        stale += _stale(spec, config, resolve_run(study, spec, results_root=root))
         run_anytime = read_tidy(files["anytime"], "anytime")
         anytime.append(run_anytime)
         budgeted.append(read_tidy(files["budgeted"], "budgeted"))
-        index.append(_run_index_row(spec, load_run_config(files["config"]), run_anytime))
+        index.append(_run_index_row(spec, config, run_anytime))
+    if stale:
+        raise ConfigError(
+            f"{len(stale)} runs were made under another config than the study's now, e.g. "
+            f"{stale[0]}: rerun the workflow (it reruns exactly those runs), or put the old "
+            "values back"
+        )
     if missing:
         message = f"{len(missing)} run files missing, e.g. {', '.join(missing[:3])}"
         if not allow_missing:
@@ -201,6 +216,13 @@ def load_results(
         budgeted=_concat(budgeted, COLUMNS["budgeted"]),
         runs=pd.DataFrame(index, columns=RUN_INDEX_COLUMNS),
     )
+
+
+def _stale(spec: RunSpec, made: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """['<run path> (key: old -> new; ...)'] when a run's saved config is not the study's."""
+    if fingerprint(made) == fingerprint(now):
+        return []
+    return [f"{spec.path} ({'; '.join(differences(hashed_config(made), hashed_config(now)))})"]
 
 
 def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:

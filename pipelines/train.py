@@ -25,7 +25,9 @@ from eebench.methods.base import StepOutput, hard_labels
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.engine import Engine
 from eebench.pipelines.evaluate import collect
+from eebench.pipelines.fingerprint import check_recorded, recorded
 from eebench.pipelines.io import write_csv, write_yaml
+from eebench.pipelines.lock import run_lock
 from eebench.pipelines.runs import build_method, make_loaders, resolve_device, run_recipe
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class Trainer:
             "history": history,
             "meter": meter.state(),
             "best": best,
+            **recorded(self.run),
         }
 
     def _restore(
@@ -225,7 +228,8 @@ class Trainer:
             state = ckpt.load_torch(self.run_dir / "best.pt", ("method",))["method"]
             log.info("selected epoch %d by val top-1 of the last exit", best["epoch"])
         path = self.run_dir / "model.pt"
-        ckpt.save_torch(path, {"method": state, "selected_epoch": best.get("epoch", len(history))})
+        selected = best.get("epoch", len(history))
+        ckpt.save_torch(path, {"method": state, "selected_epoch": selected, **recorded(self.run)})
         for old in ckpt.list_checkpoints(self.ckpt_dir):
             old.unlink()
         return path
@@ -246,12 +250,47 @@ def _format_row(row: dict[str, Any]) -> str:
     return f"loss {row['train_loss']:.4f} lr {row['lr']:.2e}{shown} ({row['seconds']:.0f}s)"
 
 
-def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path) -> Path:
-    """Train (or resume, or skip when finished) one run directory."""
+def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool = False) -> Path:
+    """Train (or resume, or skip when finished) one run directory; `restart` starts it over."""
     run_dir = Path(run_dir)
-    model_path = run_dir / "model.pt"
-    if model_path.is_file():
-        log.info("%s is complete (model.pt exists); nothing to train", run_dir)
-        return model_path
-    write_yaml(run_dir / "config.yaml", run)
-    return Trainer(run, run_dir, split_dir).fit()
+    with run_lock(run_dir, "train"):
+        if restart:
+            _forget_training(run_dir)
+        model_path = run_dir / "model.pt"
+        if model_path.exists():
+            check_finished(model_path, run)
+            log.info("%s is complete (model.pt exists); nothing to train", run_dir)
+            return model_path
+        found = ckpt.load_latest_checkpoint(run_dir / "checkpoints", CHECKPOINT_KEYS)
+        if found is not None:  # before any data is loaded, and before config.yaml changes
+            check_recorded(found[0], found[1], run, _restart_hint(run_dir))
+        write_yaml(run_dir / "config.yaml", run)
+        return Trainer(run, run_dir, split_dir).fit()
+
+
+def check_finished(model_path: Path, run: dict[str, Any]) -> None:
+    """A finished run's model.pt is readable and was trained under this run's config."""
+    try:
+        payload = ckpt.load_torch(model_path, ("method",))
+    except ckpt.CorruptCheckpointError as error:
+        raise ckpt.CorruptCheckpointError(
+            f"{error.args[0].split(';')[0]}: the run is not complete. "
+            f"Train it again with `eebench train ... --restart` (or delete {model_path})"
+        ) from None
+    check_recorded(model_path, payload, run, _restart_hint(model_path.parent))
+
+
+def _restart_hint(run_dir: Path) -> str:
+    return (
+        "train the run again under the new config with `eebench train ... --restart` "
+        f"(or delete {run_dir / 'checkpoints'} and {run_dir / 'model.pt'})"
+    )
+
+
+def _forget_training(run_dir: Path) -> None:
+    """--restart: drop the run's checkpoints, best.pt and model.pt (nothing else)."""
+    gone = [*ckpt.list_checkpoints(run_dir / "checkpoints")]
+    gone += [path for path in (run_dir / "best.pt", run_dir / "model.pt") if path.exists()]
+    for path in gone:
+        path.unlink()
+    log.info("--restart: deleted %s", ", ".join(p.name for p in gone) or "nothing (fresh run)")

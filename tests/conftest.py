@@ -41,6 +41,7 @@ def tiny_study(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     "recipe_overrides": {"epochs": 1, "batch_size": 32, "eval_batch_size": 64},
                     "budget_fractions": [0.5, 0.8],
                     "stands_in_for": ["cifar100", "imagenet"],  # fills Fig. 4 and 5 too
+                    "synthetic": dict(SYNTHETIC),
                 }
             },
             "runs": runs,
@@ -53,11 +54,11 @@ def run_study(study: dict[str, Any], root: Path) -> Path:
     torch.set_num_threads(1)
     splits = root / "splits"
     for spec in expand_runs(study):
-        run = {**resolve_run(study, spec, results_root=root), "synthetic": dict(SYNTHETIC)}
+        run = resolve_run(study, spec, results_root=root)
         run_dir = root / spec.path
         if method_kind(spec.method) == "train":
             train_run(run, run_dir, splits)
-            evaluate_run(run_dir, splits)
+            evaluate_run(run, run_dir, splits)
         else:
             calibrate_run(run, run_dir)
     build_tables(study, root)

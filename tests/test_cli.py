@@ -49,3 +49,96 @@ def test_unknown_dataset_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -
 def test_missing_study_config(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["tables", "--study", "config/nope.yaml"]) == 2
     assert "config/nope.yaml does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def study_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+STUDY = """study: s
+datasets:
+  fashion_mnist: {backbones: [msdnet_fmnist], recipe: fmnist%s}
+runs: [{method: standard}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("study: s\nseeds: [0\nruns: []\n", "is not valid YAML at line 3, column 5"),
+        (
+            STUDY % ", recipe_overrides: {lr: 1e9}",
+            "got '1e9' (YAML reads 1e9 as text: write 1.0e+9)",
+        ),
+        (STUDY % ", train_subset: 60000", "train_subset: 60000 is larger than the training split"),
+    ],
+)
+def test_bad_study_is_one_line_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    assert main(["check", "--study", str(study_file(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") <= 2
+
+
+def test_check_lists_the_runs_with_their_config_hash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--study", str(study_file(tmp_path, STUDY % ""))]) == 0
+    out = capsys.readouterr().out
+    assert "runs/fashion_mnist/msdnet_fmnist/standard/seed0  train  config " in out
+    assert "valid; 1 runs" in out
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    bad = study_file(tmp_path, "study: s\nseeds: [0\n")
+    result = run_cli("check", "--study", str(bad), "--debug")
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_unwritable_results_folder_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As root (CI) a read-only folder is writable, so the refusal is simulated."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)
+    study = study_file(tmp_path, STUDY % "")
+    results = tmp_path / "results"
+    assert (
+        main(
+            [
+                "split",
+                "--study",
+                str(study),
+                "--results",
+                str(results),
+                "--dataset",
+                "fashion_mnist",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    split = results / "splits" / "fashion_mnist_split_seed0.npz"
+    assert f"cannot write {split} (Permission denied): make its folder writable" in err
+
+
+def test_damaged_split_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = study_file(tmp_path, STUDY % "")
+    results = tmp_path / "results"
+    args = ["split", "--study", str(study), "--results", str(results), "--dataset", "fashion_mnist"]
+    assert main(args) == 0
+    split = results / "splits" / "fashion_mnist_split_seed0.npz"
+    split.write_bytes(split.read_bytes()[:300])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"split file {split} is corrupted" in err and "Delete it" in err
+    assert "Traceback" not in err

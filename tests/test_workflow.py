@@ -190,3 +190,59 @@ def test_interrupted_workflow_resumes_without_redoing_finished_jobs(tmp_path: Pa
     assert sum("resuming from ckpt_" in log for log in logs) == 1
     assert len(finished()) == 2
     assert (tmp_path / "results" / "tiny" / "figures" / "fig3_budgeted.png").is_file()
+
+
+def _venv_with_a_space(tmp_path: Path) -> Path:
+    """This Python environment seen through a folder whose path holds a space (symlinks):
+    jobs then run `<that folder>/bin/eebench`, which breaks unless the command is quoted."""
+    real = Path(sys.executable).parent.parent
+    venv = tmp_path / "venv with space"
+    (venv / "bin").mkdir(parents=True)
+    for name in ("python", "eebench"):
+        (venv / "bin" / name).symlink_to(real / "bin" / name)
+    (venv / "lib").symlink_to(real / "lib")
+    (venv / "pyvenv.cfg").write_text((real / "pyvenv.cfg").read_text())
+    return venv / "bin" / "python"
+
+
+def test_changed_config_or_lost_output_reruns_exactly_what_it_must(tmp_path: Path) -> None:
+    """From a checkout path with a space: a finished study, then one run's lr edited and
+    another run's outputs.npz deleted. The rerun retrains only the edited run and only
+    re-evaluates the other one."""
+    workdir = tmp_path / "work dir"
+    workdir.mkdir()
+    python = _venv_with_a_space(tmp_path)
+    study = copy.deepcopy(TINY_STUDY)
+    study["datasets"]["fashion_mnist"]["recipe_overrides"]["epochs"] = 1
+    study["runs"] = [
+        {"method": "standard", "backbones": ["msdnet_fmnist"]},
+        {"method": "standard", "backbones": ["ranet_fmnist"]},
+    ]
+    config = workdir / "tiny.yaml"
+    config.write_text(yaml.safe_dump(study))
+    command = [str(python), "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+    command += ["--directory", str(workdir), "--configfile", str(config)]
+
+    def snakemake_here(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*command, *args], capture_output=True, text=True, cwd=workdir)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    snakemake_here()
+    runs = workdir / "results" / "tiny" / "runs" / "fashion_mnist"
+    models = {
+        name: runs / name / "standard" / "seed0" / "model.pt"
+        for name in ("msdnet_fmnist", "ranet_fmnist")
+    }
+    stamps = {name: path.stat().st_mtime_ns for name, path in models.items()}
+    study["runs"][1]["recipe_overrides"] = {"lr": 0.05}
+    config.write_text(yaml.safe_dump(study))
+    (models["msdnet_fmnist"].parent / "outputs.npz").unlink()
+    planned = job_counts(snakemake_here("-n").stdout)
+    assert planned["train"] == 1 and planned["evaluate"] == 2, planned
+    snakemake_here()
+    assert models["msdnet_fmnist"].stat().st_mtime_ns == stamps["msdnet_fmnist"]
+    assert models["ranet_fmnist"].stat().st_mtime_ns != stamps["ranet_fmnist"]
+    assert (models["msdnet_fmnist"].parent / "outputs.npz").is_file()
+    retrained = yaml.safe_load((models["ranet_fmnist"].parent / "config.yaml").read_text())
+    assert retrained["recipe"]["lr"] == 0.05

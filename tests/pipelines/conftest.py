@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eebench.methods.joint_bilevel import JointBilevel
-from eebench.pipelines.config import RunSpec, expand_runs
+from eebench.pipelines.config import RunSpec, check_study, expand_runs, resolve_run
 from eebench.pipelines.io import write_csv, write_yaml
 from eebench.pipelines.protocol import P_VALUES
 
@@ -32,26 +31,30 @@ VARIANT_SHIFT = {
 
 def fake_study(dataset: str = "cifar100") -> dict[str, Any]:
     """2 backbones; standard, joint_bilevel and frozen on both; two feature subsets on MSDNet."""
-    return {
-        "study": "fake",
-        "seeds": [0, 1],
-        "datasets": {
-            dataset: {
-                "backbones": ["msdnet_cifar", "ranet_cifar"],
-                "budgets_mflops": [5, 30, 50, 70, 90],
-                "train_subset": 8000,
-            }
-        },
-        "runs": [
-            {"method": "standard"},
-            {"method": "joint_bilevel", "variants": ["", "frozen"]},
-            {
-                "method": "joint_bilevel",
-                "variants": ["confidence", "margin+entropy"],
-                "backbones": ["msdnet_cifar"],
+    return check_study(
+        {
+            "study": "fake",
+            "seeds": [0, 1],
+            "datasets": {
+                dataset: {
+                    "backbones": ["msdnet_cifar", "ranet_cifar"],
+                    "recipe": "msdnet_cifar",
+                    "recipe_overrides": {"epochs": 3},
+                    "budgets_mflops": [5, 30, 50, 70, 90],
+                    "train_subset": 8000,
+                }
             },
-        ],
-    }
+            "runs": [
+                {"method": "standard"},
+                {"method": "joint_bilevel", "variants": ["", "frozen"]},
+                {
+                    "method": "joint_bilevel",
+                    "variants": ["confidence", "margin+entropy"],
+                    "backbones": ["msdnet_cifar"],
+                },
+            ],
+        }
+    )
 
 
 def offset(spec: RunSpec) -> float:
@@ -101,26 +104,6 @@ def _run_frames(spec: RunSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     return anytime, pd.concat(blocks, ignore_index=True)
 
 
-def _run_config(spec: RunSpec) -> dict[str, Any]:
-    """The resolved config of a run: joint_bilevel hparams (features, λ, T) from its variant."""
-    hparams = (
-        JointBilevel.resolve_hparams("cifar", JointBilevel.variant(spec.variant).get("hparams"))
-        if spec.method == JointBilevel.name
-        else {}
-    )
-    return {
-        "study": "fake",
-        "dataset": spec.dataset,
-        "backbone": spec.backbone,
-        "method": spec.method,
-        "variant": spec.variant,
-        "seed": spec.seed,
-        "recipe": {"name": "fmnist", "epochs": 3},
-        "hparams": hparams,
-        "train_subset": 8000,
-    }
-
-
 def write_fake_results(study: dict[str, Any], root: Path) -> Path:
     """Every run's anytime.csv, budgeted.csv and config.yaml under root/runs/…; returns root."""
     for spec in expand_runs(study):
@@ -128,7 +111,7 @@ def write_fake_results(study: dict[str, Any], root: Path) -> Path:
         run_dir = root / spec.path
         write_csv(run_dir / "anytime.csv", anytime)
         write_csv(run_dir / "budgeted.csv", budgeted)
-        write_yaml(run_dir / "config.yaml", _run_config(spec))
+        write_yaml(run_dir / "config.yaml", resolve_run(study, spec, results_root=root))
     return root
 
 

@@ -192,6 +192,15 @@ def test_truncated_idx_file_is_reported(tmp_path: Path) -> None:
         load_dataset("fashion_mnist", tmp_path)
 
 
+def test_truncated_gz_file_is_named(tmp_path: Path) -> None:
+    write_tiny_fmnist(tmp_path / "fashion_mnist", gz=True)
+    path = next((tmp_path / "fashion_mnist").glob("train-images*.gz"))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(datasets.DatasetFormatError, match="not a complete gzip file") as error:
+        load_dataset("fashion_mnist", tmp_path)
+    assert str(path) in str(error.value) and "delete it and get it again" in str(error.value)
+
+
 def test_missing_fashion_mnist_says_where_and_how(tmp_path: Path, no_system_fmnist: Path) -> None:
     with pytest.raises(DatasetNotFoundError) as error:
         build_loaders(
@@ -313,7 +322,7 @@ def test_split_sizes_and_file_reuse(tmp_path: Path) -> None:
     other = get_split("fashion_mnist", tmp_path / "other", seed=1)
     assert not np.array_equal(other.val_idx, split.val_idx)
     # The file, not the RNG, is the source of truth once written.
-    np.savez(path, train=other.train_idx, val=other.val_idx)
+    np.savez(path, train=other.train_idx, val=other.val_idx, seed=0, dataset="fashion_mnist")
     assert np.array_equal(get_split("fashion_mnist", tmp_path, seed=0).val_idx, other.val_idx)
 
 
@@ -323,21 +332,40 @@ def test_protocol_split_sizes() -> None:
         assert info.n_train_total - info.n_val == n_train
 
 
-@pytest.mark.parametrize("damage", ["garbage", "overlap", "sizes", "range"])
-def test_corrupted_split_file_is_named(tmp_path: Path, damage: str) -> None:
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        ("garbage", "unreadable"),
+        ("truncated", "unreadable"),
+        ("overlap", "overlap"),
+        ("sizes", "sizes 500/140"),
+        ("range", "outside"),
+        ("other seed", "drawn for synthetic with seed 1, not synthetic seed 0"),
+        ("other dataset", "drawn for cifar10 with seed 0"),
+    ],
+)
+def test_corrupted_split_file_is_named(tmp_path: Path, damage: str, problem: str) -> None:
     path = split_path("synthetic", tmp_path, 0, 640, 128)
     perm = np.arange(640)
+    made_for = {"seed": 0, "dataset": "synthetic"}
+    arrays = {
+        "overlap": {"train": perm[:512], "val": perm[:128]},
+        "sizes": {"train": perm[:500], "val": perm[500:]},
+        "range": {"train": perm[:512], "val": perm[512:] + 1},
+        "other seed": {"train": perm[:512], "val": perm[512:], "seed": 1},
+        "other dataset": {"train": perm[:512], "val": perm[512:], "dataset": "cifar10"},
+    }
     if damage == "garbage":
         path.write_bytes(b"not a zip file")
-    elif damage == "overlap":
-        np.savez(path, train=perm[:512], val=perm[:128])
-    elif damage == "sizes":
-        np.savez(path, train=perm[:500], val=perm[500:])
+    elif damage == "truncated":
+        get_split("synthetic", tmp_path, seed=0)
+        path.write_bytes(path.read_bytes()[:200])
     else:
-        np.savez(path, train=perm[:512], val=perm[512:] + 1)
+        np.savez(path, **{**made_for, **arrays[damage]})
     with pytest.raises(SplitFileError) as error:
         get_split("synthetic", tmp_path, seed=0)
-    assert str(path) in str(error.value) and "Delete it" in str(error.value)
+    message = str(error.value)
+    assert str(path) in message and problem in message and "Delete it" in message
 
 
 def test_non_protocol_sizes_get_their_own_file(tmp_path: Path) -> None:

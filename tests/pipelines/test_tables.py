@@ -3,6 +3,7 @@ checked by hand, mean ± std summaries and the comparison with the paper's numbe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from eebench.pipelines.config import ConfigError
 from eebench.pipelines.tables import (
     COLUMNS,
     TABLE_FILES,
@@ -140,3 +142,17 @@ def test_wrong_columns_in_a_run_csv_are_named(study: dict[str, Any], results_roo
     read_table(path).rename(columns={"top1": "acc"}).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"anytime\.csv: columns"):
         build_tables(study, results_root)
+
+
+def test_runs_made_under_another_config_never_reach_a_table(
+    study: dict[str, Any], results_root: Path
+) -> None:
+    """The study edited after its runs finished: tables stop and name a stale run."""
+    edited = copy.deepcopy(study)
+    edited["runs"][0]["recipe_overrides"] = {"lr": 0.05}  # standard only
+    with pytest.raises(ConfigError) as error:
+        build_tables(edited, results_root)
+    message = str(error.value)
+    assert message.startswith("4 runs were made under another config than the study's now")
+    assert "runs/cifar100/msdnet_cifar/standard/seed0 (recipe.lr: 0.1 -> 0.05)" in message
+    assert "rerun the workflow" in message

@@ -19,8 +19,10 @@ import torch
 from eebench.methods import TRAIN_METHODS
 from eebench.methods.standard import Standard
 from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.config import load_run_config
 from eebench.pipelines.engine import NonFiniteLossError
 from eebench.pipelines.evaluate import collect, evaluate_run
+from eebench.pipelines.fingerprint import RunConfigChangedError, fingerprint
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.runs import build_method, make_loaders
 from eebench.pipelines.train import train_run
@@ -87,7 +89,7 @@ def test_training_writes_model_log_and_config(trained: Path) -> None:
 
 
 def test_evaluate_writes_protocol_keys(trained: Path) -> None:
-    evaluate_run(trained, trained.parent / "splits")
+    evaluate_run(load_run_config(trained / "config.yaml"), trained, trained.parent / "splits")
     with np.load(trained / "outputs.npz") as out:
         assert out["val_logits"].shape == (4, 64, 4) and out["val_logits"].dtype == np.float32
         assert out["test_logits"].shape == (4, 96, 4)
@@ -190,19 +192,66 @@ def ckpt_keys() -> tuple[str, ...]:
     return CHECKPOINT_KEYS
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_checkpoints(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class Exploding(Standard):
+def _stopped_at_step_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
+) -> Path:
+    """A run whose step 4 raises `error`: checkpoints up to step 3, no model.pt."""
+
+    class Stopping(Standard):
         def training_step(self, x, target, step, engine):  # type: ignore[no-untyped-def]
+            if step == 4 and error is not NonFiniteLossError:
+                raise error
             return super().training_step(x * (np.nan if step == 4 else 1.0), target, step, engine)
 
-    monkeypatch.setitem(TRAIN_METHODS._entries, "standard", Exploding)
     run_dir = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match="global step 4"):
-        train_run(make_run(), run_dir, tmp_path / "splits")
+    with monkeypatch.context() as patch:
+        patch.setitem(TRAIN_METHODS._entries, "standard", Stopping)
+        with pytest.raises(error, match="global step 4" if error is NonFiniteLossError else None):
+            train_run(make_run(), run_dir, tmp_path / "splits")
     assert not (run_dir / "model.pt").exists()
     assert ckpt.list_checkpoints(run_dir / "checkpoints"), "the last good checkpoint is kept"
+    return run_dir
+
+
+def test_nan_loss_stops_and_says_how_to_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = _stopped_at_step_4(tmp_path, monkeypatch, NonFiniteLossError)
+    lower = make_run(recipe={"lr": 0.05})
+    with pytest.raises(RunConfigChangedError, match=r"recipe\.lr: 0\.1 -> 0\.05.*--restart"):
+        train_run(lower, run_dir, tmp_path / "splits")  # resuming the diverged run is refused
+    train_run(lower, run_dir, tmp_path / "splits", restart=True)
+    assert ckpt.load_torch(run_dir / "model.pt", ())["fingerprint"] == fingerprint(lower)
+
+
+def test_interrupted_run_refuses_to_resume_under_another_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Killed, then the study's lr edited: the old checkpoints are not mixed with the new lr,
+    and config.yaml still records the config the checkpoints were made with."""
+    run_dir = _stopped_at_step_4(tmp_path, monkeypatch, KeyboardInterrupt)
+    with pytest.raises(RunConfigChangedError) as error:
+        train_run(make_run(recipe={"lr": 0.05}), run_dir, tmp_path / "splits")
+    message = str(error.value)
+    assert "ckpt_000000003.pt was made under another config (recipe.lr: 0.1 -> 0.05)" in message
+    assert "Put the old values back" in message and "--restart" in message
+    assert load_run_config(run_dir / "config.yaml")["recipe"]["lr"] == 0.1
+    with caplog.at_level("INFO"):
+        train_run(make_run(), run_dir, tmp_path / "splits")  # the old config resumes
+    assert "resuming from ckpt_000000003.pt" in caplog.text
+
+
+def test_finished_run_under_another_config_or_truncated_is_not_reused(
+    tmp_path: Path, trained: Path
+) -> None:
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    (run_dir / "model.pt").write_bytes((trained / "model.pt").read_bytes())
+    with pytest.raises(RunConfigChangedError, match=r"model\.pt was made under .*seed: 0 -> 1"):
+        train_run(make_run(seed=1), run_dir, tmp_path / "splits")
+    (run_dir / "model.pt").write_bytes((trained / "model.pt").read_bytes()[:1000])
+    with pytest.raises(ckpt.CorruptCheckpointError, match=r"the run is not complete.*--restart"):
+        train_run(make_run(), run_dir, tmp_path / "splits")
 
 
 def test_best_val_selection_keeps_the_best_epoch(tmp_path: Path) -> None:

@@ -5,13 +5,22 @@ whole job graph of any study on a machine without its datasets.
 """
 
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from eebench.methods import method_kind
-from eebench.pipelines.config import ConfigError, RunSpec, check_study, expand_runs, upstream_runs
+from eebench.pipelines.config import (
+    ConfigError,
+    RunSpec,
+    check_study,
+    expand_runs,
+    resolve_run,
+    upstream_runs,
+)
+from eebench.pipelines.fingerprint import fingerprint
 from eebench.pipelines.splits import split_path
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import read_yaml
@@ -49,9 +58,16 @@ def checked_study(path: Path) -> dict:
 
 
 def eebench_command() -> str:
-    """The `eebench` script of this Python environment (jobs use the env that runs Snakemake)."""
+    """The `eebench` script of this Python environment (jobs use the env that runs Snakemake),
+    quoted for the shell (a checkout path may hold spaces)."""
     script = Path(sys.executable).with_name("eebench")
-    return str(script) if script.exists() else "eebench"
+    return shlex.quote(str(script)) if script.exists() else "eebench"
+
+
+def config_hash(study: dict, root: str, spec: RunSpec) -> str:
+    """The hash of what the run's numbers depend on: a rule parameter, so that Snakemake
+    reruns a run whose config changed in the study file, and only that run."""
+    return fingerprint(resolve_run(study, spec, results_root=root))
 
 
 def run_pattern(specs) -> str:

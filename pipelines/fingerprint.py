@@ -1,0 +1,100 @@
+"""What a run's numbers depend on: the part of its resolved config that is hashed.
+
+Every checkpoint and `model.pt` stores that part and its hash, so a run resumed or reused
+under another config stops and names the keys that changed, instead of mixing two
+configs in one run. The Snakefile passes the hash as a rule parameter, so a changed study
+reruns exactly the runs whose numbers it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from eebench.methods import method_class
+
+
+class RunConfigChangedError(ValueError):
+    """A checkpoint or model made under another config than the run's current one."""
+
+
+#: Keys that never change a trained model: where things are, how fast, how often saved.
+NOT_HASHED = frozenset(
+    {
+        "study",
+        "data_root",
+        "device",
+        "num_workers",
+        "checkpoint_every_steps",
+        "validate_each_epoch",
+        "features_subset",
+    }
+)
+#: Recipe fields that only describe or only change evaluation batching.
+RECIPE_NOT_HASHED = frozenset({"source", "eval_batch_size"})
+
+
+def hashed_config(run: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a resolved run config that can change its trained model.
+
+    Upstream runs count by their run path (not where the results folder is), and the
+    method's `code_version` joins in when the method declares one.
+    """
+    kept = {key: value for key, value in run.items() if key not in NOT_HASHED}
+    if "recipe" in kept:
+        kept["recipe"] = {k: v for k, v in kept["recipe"].items() if k not in RECIPE_NOT_HASHED}
+    for key in ("init_from", "source"):
+        if kept.get(key):
+            kept[key] = _run_path(kept[key])
+    version = method_class(run["method"]).code_version
+    if version:
+        kept["method_code_version"] = version
+    return kept
+
+
+def fingerprint(run: dict[str, Any]) -> str:
+    """A short, stable hash of `hashed_config` (the same on every machine and checkout)."""
+    text = json.dumps(hashed_config(run), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded(run: dict[str, Any]) -> dict[str, Any]:
+    """What every checkpoint and model.pt stores about the config it was made under."""
+    return {"config": hashed_config(run), "fingerprint": fingerprint(run)}
+
+
+def check_recorded(path: Path, payload: dict[str, Any], run: dict[str, Any], way_out: str) -> None:
+    """Stop when `payload` (a checkpoint or model.pt) was made under another config."""
+    if payload.get("fingerprint") == fingerprint(run):
+        return
+    stored = payload.get("config")
+    changed = (
+        differences(stored, hashed_config(run))
+        if isinstance(stored, dict)
+        else ["it records no config (written by an older eebench)"]
+    )
+    shown = "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else "")
+    raise RunConfigChangedError(
+        f"{path} was made under another config ({shown}). Put the old values back to "
+        f"use it, or {way_out}"
+    )
+
+
+def differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key.path: old -> new' for every leaf that differs between two hashed configs."""
+    found = []
+    for key in sorted(set(before) | set(after), key=str):
+        old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return found
+
+
+def _run_path(path: str) -> str:
+    """'results/x/runs/a/b/c/seed0' -> 'runs/a/b/c/seed0'."""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[parts.index("runs") :]) if "runs" in parts else path
