@@ -75,6 +75,9 @@ localrules:
 
 rule all:
     input:
+        # every run's files too: a lost outputs.npz is made again even when the tables are
+        # up to date, and a fresh checkout (results/ without model.pt) runs the study
+        [path for spec in RUNS for path in run_files(spec)],
         expand(f"{ROOT}/tables/{{name}}", name=TABLE_FILES),
         expand(f"{ROOT}/figures/{{name}}", name=FIGURE_FILES),
 
@@ -169,7 +172,6 @@ rule calibrate:
 
 rule tables:
     input:
-        # every run file, so that a deleted outputs.npz is made again (without retraining)
         [path for spec in RUNS for path in run_files(spec)],
     output:
         [

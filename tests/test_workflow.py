@@ -235,9 +235,11 @@ def test_changed_config_or_lost_output_reruns_exactly_what_it_must(tmp_path: Pat
         for name in ("msdnet_fmnist", "ranet_fmnist")
     }
     stamps = {name: path.stat().st_mtime_ns for name, path in models.items()}
+    (models["msdnet_fmnist"].parent / "outputs.npz").unlink()
+    planned = job_counts(snakemake_here("-n").stdout)
+    assert planned.get("train", 0) == 0 and planned["evaluate"] == 1, planned
     study["runs"][1]["recipe_overrides"] = {"lr": 0.05}
     config.write_text(yaml.safe_dump(study))
-    (models["msdnet_fmnist"].parent / "outputs.npz").unlink()
     planned = job_counts(snakemake_here("-n").stdout)
     assert planned["train"] == 1 and planned["evaluate"] == 2, planned
     snakemake_here()
