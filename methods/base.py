@@ -78,7 +78,9 @@ class Display:
     """How a method (or one of its variants) is shown in figures and tables.
 
     `figures` names the registered figures it appears in (pipelines/figures); `main_rule`
-    is the exit rule of its main budgeted curve (post-hoc comparisons, paper overlay).
+    is the exit rule of its main budgeted curve (post-hoc comparisons, paper overlay);
+    `rules` limits its budgeted curves to these exit rules (empty: every rule fitted), for
+    a variant that equals another under some rule by construction.
     """
 
     label: str
@@ -86,6 +88,7 @@ class Display:
     marker: str
     figures: tuple[str, ...] = ()
     main_rule: str = MAX_SOFTMAX
+    rules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ def fallback_display(key: str) -> Display:
     """A stable colour and marker from the name, for methods and variants that declare none."""
     pick = zlib.crc32(key.encode())
     return Display(key, FALLBACK_COLORS[pick % 6], FALLBACK_MARKERS[(pick // 6) % 6])
+
+
+RECIPE_VARIANT = "recipe="
 
 
 class HasHparams:
@@ -158,12 +164,21 @@ class HasHparams:
 
     @classmethod
     def variant(cls, name: str | None) -> dict[str, Any]:
-        """The variant's settings; '' or None is the method's default variant."""
+        """The variant's settings; '' or None is the method's default variant.
+
+        Every method also has the variants `recipe=<recipe name>`: the default variant
+        trained with another recipe, the controls that separate a recipe from a method.
+        """
         if not name:
             return {}
+        if name.startswith(RECIPE_VARIANT) and name not in cls.variants:
+            return {"recipe": name.removeprefix(RECIPE_VARIANT)}
         if name not in cls.variants:
             known = ", ".join(sorted(cls.variants)) or "(none)"
-            raise HyperparameterError(f"{cls.name}: unknown variant {name!r}; known: {known}")
+            raise HyperparameterError(
+                f"{cls.name}: unknown variant {name!r}; known: {known}, and "
+                f"{RECIPE_VARIANT}<recipe name> for every method"
+            )
         return copy.deepcopy(cls.variants[name])
 
     @classmethod
@@ -306,12 +321,18 @@ class TrainContext:
 
 @dataclass
 class StepOutput:
-    """What a training step reports: the loss for the logs and logits for train accuracy."""
+    """What a training step reports: the loss for the logs and logits for train accuracy.
+
+    Each epoch row of train_log.csv holds the epoch's mean of every `metrics` value and the
+    epoch's total of every `counts` value (events such as optimizer steps, whose per-epoch
+    number reads better than a per-step mean); the two must not share a key.
+    """
 
     loss: float
     logits: list[torch.Tensor] | None = None
     targets: torch.Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
 
 
 class TrainMethod(InferenceCosts, HasHparams, nn.Module):
@@ -340,6 +361,11 @@ class TrainMethod(InferenceCosts, HasHparams, nn.Module):
         self, x: torch.Tensor, target: torch.Tensor, step: int, engine: StepEngine
     ) -> StepOutput:
         raise NotImplementedError
+
+    def epoch_warnings(self, row: dict[str, float], last_epoch: bool) -> list[str]:
+        """Warnings for the run log about a finished epoch's train_log.csv row (e.g. a
+        degenerate training state only the method can recognise); none by default."""
+        return []
 
 
 def per_sample_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,9 @@ FEATURE_ROWS: tuple[str, ...] = tuple(
     "+".join(subset) for size in (1, 2, 3) for subset in itertools.combinations(FEATURES, size)
 )
 EPS = 1e-5  # inside both logs of the exit distribution, as in the released code
+#: A run whose last epoch gives one exit more than this share of the mean A has collapsed:
+#: its gater sends (almost) every sample to that exit, so its score ranks nothing.
+COLLAPSE_SHARE = 0.95
 
 
 def canonical_features(names: Sequence[str]) -> tuple[str, ...]:
@@ -154,15 +157,108 @@ class ExitGater(nn.Module):
 
 @dataclass
 class HalfStep:
-    """One step on one half-batch: its loss (detached, 0-d), detached logits and A.
+    """One step on one half-batch, all detached and as the step saw them (before its update):
+    loss (0-d), logits, per-exit CE (B×K), the gater's P (B×(K−1)) and A (B×K).
 
-    The loss stays a tensor so that `_report` reads every number of a batch from the
+    Everything stays a tensor so that `_report` reads every number of a batch from the
     device at once (one sync on CUDA instead of one per half-step and metric).
     """
 
     loss: torch.Tensor
     logits: list[torch.Tensor]
+    ce: torch.Tensor
+    P: torch.Tensor
     A: torch.Tensor
+
+
+def gater_diagnostics(
+    ce: torch.Tensor, P: torch.Tensor, A: torch.Tensor, costs: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Batch statistics of the gater, as device vectors by metric name (vector entry k−1 is
+    exit k): what each exit costs in CE, what the gater says (P's mean and spread, so a
+    gater stuck at one value shows), where A sends mass and samples, and the expected cost.
+
+    P's std is the population std, so that a one-sample batch gives 0 rather than NaN.
+    """
+    exits = torch.arange(A.shape[1], device=A.device)
+    chosen = (A.argmax(dim=1, keepdim=True) == exits).float()  # one-hot, no host check
+    return {
+        "A_exit": A.mean(dim=0),
+        "expected_cost": (A * costs).sum(dim=1).mean()[None],
+        "argmaxA_exit": chosen.mean(dim=0),
+        "P_mean_exit": P.mean(dim=0),
+        "P_std_exit": P.std(dim=0, correction=0),
+        "ce_exit": ce.mean(dim=0),
+    }
+
+
+def _to_host(named: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Every tensor's values as floats, read in one device→host transfer (one CUDA sync)."""
+    flat = torch.cat([t.float().reshape(-1) for t in named.values()]).tolist()
+    values, start = {}, 0
+    for name, t in named.items():
+        values[name] = flat[start : start + t.numel()]
+        start += t.numel()
+    return values
+
+
+def _flatten(values: dict[str, list[float]]) -> dict[str, float]:
+    """Metrics by column name: a per-exit vector named `..._exit` becomes `..._exit1`,
+    `..._exit2`, …; any other name holds one value and keeps its name."""
+    return {
+        f"{name}{k + 1}" if name.endswith("_exit") else name: value
+        for name, vector in values.items()
+        for k, value in enumerate(vector)
+    }
+
+
+def _half_step(
+    loss: torch.Tensor,
+    logits: Sequence[torch.Tensor],
+    ce: torch.Tensor,
+    P: torch.Tensor,
+    A: torch.Tensor,
+) -> HalfStep:
+    """What a half-step reports, cut from the graph: its backward pass is already done."""
+    return HalfStep(
+        loss.detach(), [z.detach() for z in logits], ce.detach(), P.detach(), A.detach()
+    )
+
+
+def _per_exit(values: Sequence[float]) -> str:
+    return "/".join(f"{v:.3g}" for v in values)
+
+
+def collapse_warning(
+    row: dict[str, float], costs: Sequence[float], lam: float, temperature: float
+) -> str | None:
+    """The run-log warning for an epoch row whose mean A gives one exit more than
+    COLLAPSE_SHARE, or None: such a gater sends (almost) everyone to one exit, so the
+    budget curve of its score is degenerate, and the log should say why and what to try."""
+    shares = [row.get(f"A_exit{k + 1}", 0.0) for k in range(len(costs))]
+    top = max(range(len(shares)), key=shares.__getitem__)
+    if not shares[top] > COLLAPSE_SHARE:
+        return None
+    exit_k, last = top + 1, len(costs)
+    text = (
+        f"joint_bilevel: the exit distribution A collapsed: exit {exit_k} of {last} takes "
+        f"{shares[top]:.3f} of the mean A mass over the last epoch (λ={lam:g}, T={temperature:g})."
+    )
+    if exit_k < last:
+        text += (
+            f" The gater sends (almost) every sample to exit {exit_k}: the cost term dominates,"
+            f" i.e. the per-exit CE differences are small compared with λ·Δĉ, so going deeper"
+            f" never pays; a smaller λ weighs CE more."
+        )
+    else:
+        text += (
+            " The gater sends (almost) every sample to the last exit: the per-exit CE"
+            " differences outweigh λ·Δĉ, so exiting early never pays; a larger λ weighs cost more."
+        )
+    ce = [row.get(f"ce_exit{k + 1}") for k in range(last)]
+    if all(v is not None for v in ce):
+        text += f" Mean CE per exit {_per_exit(ce)} vs λ·ĉ {_per_exit([lam * c for c in costs])}."
+    return text
 
 
 def _halves(x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -177,8 +273,12 @@ def _halves(x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, t
 class JointBilevel(TrainMethod):
     """Backbone θ and gater φ trained by alternation; the gater's P_k is the run's exit score.
 
-    The reported loss is the mean θ loss of the two halves (the φ loss when frozen);
-    metrics `A_exit{k}` and `expected_cost` show where the gater would send samples.
+    The reported loss is the mean θ loss of the two halves (the φ loss when frozen). The
+    step metrics (epoch means in train_log.csv) diagnose the gater, from the reported
+    half-steps (θ, or φ when frozen) before their update: `A_exit{k}`, `expected_cost`,
+    `argmaxA_exit{k}` (share of samples whose most likely exit is k), `P_mean_exit{k}` and
+    `P_std_exit{k}` (k < K) and `ce_exit{k}`; the count `phi_steps` is the number of φ
+    updates, summed over the epoch. `epoch_warnings` flags a collapsed A.
     """
 
     name: ClassVar[str] = "joint_bilevel"
@@ -234,6 +334,10 @@ class JointBilevel(TrainMethod):
                 "color": "#9467bd",
                 "marker": "v",
                 "figures": ("fig3_budgeted",),
+                # Under max softmax it is `standard` (same backbone): only the gater's
+                # score rule tells it apart.
+                "main_rule": OWN_SCORE,
+                "rules": (OWN_SCORE,),
             },
         },
         # The authors' released code (shared/spec/methods.md §1): φ every 10 iterations.
@@ -254,6 +358,7 @@ class JointBilevel(TrainMethod):
                 "figures": (),
             },
         },
+        "lam=0.1": {"hparams": {"lam": 0.1}},
         "lam=0.5": {"hparams": {"lam": 0.5}},
         "lam=1": {"hparams": {"lam": 1.0}},
         "lam=4": {"hparams": {"lam": 4.0}},
@@ -302,24 +407,25 @@ class JointBilevel(TrainMethod):
 
     # ------------------------------------------------------------------ steps
 
-    def _losses_and_A(
+    def _ce_P_A(
         self, logits: list[torch.Tensor], target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-sample, per-exit CE (B×K) and A (B×K), in float32 outside autocast."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample, per-exit CE (B×K), the gater's P (B×(K−1)) and A (B×K), in float32
+        outside autocast."""
         logits = [z.float() for z in logits]
         ce = torch.stack([per_sample_cross_entropy(z, target) for z in logits], dim=1)
-        A = exit_distribution(self.gater(logits), self.hp["temperature"])
-        return ce, A
+        P = self.gater(logits)
+        return ce, P, exit_distribution(P, self.hp["temperature"])
 
     def theta_step(self, x: torch.Tensor, target: torch.Tensor, engine: StepEngine) -> HalfStep:
         """Inner step: backbone in train mode; A keeps its graph so θ also learns through it."""
         self.backbone.train()
         with engine.autocast():
             logits = self.backbone(x)
-        ce, A = self._losses_and_A(logits, target)
+        ce, P, A = self._ce_P_A(logits, target)
         loss = theta_loss(ce, A, self.costs, self.hp["lam"])
         engine.optimize(loss)
-        return HalfStep(loss.detach(), [z.detach() for z in logits], A.detach())
+        return _half_step(loss, logits, ce, P, A)
 
     def phi_step(self, x: torch.Tensor, target: torch.Tensor, engine: StepEngine) -> HalfStep:
         """Outer step: logits are constants (eval mode, no_grad), only φ moves."""
@@ -330,10 +436,10 @@ class JointBilevel(TrainMethod):
             logits = self.backbone(x)
         if not self.frozen:
             self.backbone.train()
-        ce, A = self._losses_and_A(logits, target)
+        ce, P, A = self._ce_P_A(logits, target)
         loss = phi_loss(ce, A, self.costs, self.hp["lam"])
         engine.optimize(loss, self._phi_handle)
-        return HalfStep(loss.detach(), list(logits), A.detach())
+        return _half_step(loss, logits, ce, P, A)
 
     def training_step(
         self, x: torch.Tensor, target: torch.Tensor, step: int, engine: StepEngine
@@ -342,28 +448,44 @@ class JointBilevel(TrainMethod):
         (x1, t1), (x2, t2) = _halves(x, target)
         if self.frozen:
             reported = [self.phi_step(x1, t1, engine), self.phi_step(x2, t2, engine)]
-        else:
-            update_phi = step % self.hp["phi_interval"] == 0
-            reported = []
-            for (x_in, t_in), (x_out, t_out) in (((x1, t1), (x2, t2)), ((x2, t2), (x1, t1))):
-                reported.append(self.theta_step(x_in, t_in, engine))
-                if update_phi:
-                    self.phi_step(x_out, t_out, engine)
-        return self._report(reported, target)
+            return self._report(reported, target, phi_steps=len(reported))
+        update_phi = step % self.hp["phi_interval"] == 0
+        reported, phi_steps = [], 0
+        for (x_in, t_in), (x_out, t_out) in (((x1, t1), (x2, t2)), ((x2, t2), (x1, t1))):
+            reported.append(self.theta_step(x_in, t_in, engine))
+            if update_phi:
+                self.phi_step(x_out, t_out, engine)
+                phi_steps += 1
+        return self._report(reported, target, phi_steps)
 
-    def _report(self, halves: list[HalfStep], target: torch.Tensor) -> StepOutput:
+    def _report(self, halves: list[HalfStep], target: torch.Tensor, phi_steps: int) -> StepOutput:
         """Batch-level output; `[:batch]` drops the duplicate when one sample was both halves."""
         batch = target.shape[0]
         logits = [torch.cat(zs)[:batch] for zs in zip(*(h.logits for h in halves), strict=True)]
-        A = torch.cat([h.A for h in halves])[:batch]
-        expected_cost = (A * self.costs).sum(dim=1).mean()
+        ce, P, A = (
+            torch.cat(parts)[:batch]
+            for parts in zip(*((h.ce, h.P, h.A) for h in halves), strict=True)
+        )
         losses = torch.stack([h.loss for h in halves])
-        numbers = torch.cat([losses, A.mean(dim=0), expected_cost[None]]).tolist()  # one sync
-        n = len(halves)
-        metrics = {f"A_exit{k + 1}": a for k, a in enumerate(numbers[n:-1])}
-        metrics["expected_cost"] = numbers[-1]
-        loss = sum(numbers[:n]) / n
-        return StepOutput(loss=loss, logits=logits, targets=target, metrics=metrics)
+        values = _to_host({"loss": losses, **gater_diagnostics(ce, P, A, self.costs)})  # 1 sync
+        loss = sum(values.pop("loss")) / len(halves)
+        return StepOutput(
+            loss=loss,
+            logits=logits,
+            targets=target,
+            metrics=_flatten(values),
+            counts={"phi_steps": float(phi_steps)},
+        )
+
+    # ------------------------------------------------------------------ run log
+
+    def epoch_warnings(self, row: dict[str, float], last_epoch: bool) -> list[str]:
+        """A collapse warning after the last epoch only: that is the state the run ends in
+        (an earlier epoch's collapse may still recover, and would repeat every epoch)."""
+        if not last_epoch:
+            return []
+        message = collapse_warning(row, self.costs.tolist(), self.hp["lam"], self.hp["temperature"])
+        return [] if message is None else [message]
 
     # ------------------------------------------------------------------ inference
 

@@ -163,6 +163,9 @@ def cmd_list(args: argparse.Namespace) -> None:
         ("recipes", RECIPES.names()),
     ]:
         print(f"{title}: {', '.join(names) or '(none)'}")
+    for name in RECIPES.names():
+        recipe = RECIPES.get(name)
+        print(f"  {name}: {recipe.summary()}\n      source: {recipe.source}")
 
 
 # --------------------------------------------------------------------------- parser

@@ -90,6 +90,19 @@ class Recipe:
             clean[key] = value
         return dataclasses.replace(self, **clean)
 
+    def summary(self) -> str:
+        """One line: optimiser, schedule, length, augmentation and EMA (for `eebench list`)."""
+        optimizer = f"{self.optimizer}{' nesterov' if self.nesterov else ''} lr {self.lr:g}"
+        parts = [
+            f"{optimizer} {self.schedule}, {self.epochs} epochs, batch {self.batch_size}",
+            f"augment {self.augment}",
+        ]
+        extras = {"mixup": self.mixup, "cutmix": self.cutmix, "smoothing": self.label_smoothing}
+        parts += [f"{name} {value:g}" for name, value in extras.items() if value]
+        if self.ema:
+            parts.append(f"EMA {self.ema_decay:g}")
+        return ", ".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["milestones"] = list(self.milestones)

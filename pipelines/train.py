@@ -9,10 +9,12 @@ interrupted run ends with the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ def seed_everything(seed: int) -> None:
 
 
 class EpochMeter:
-    """Running loss and per-exit training accuracy of the current epoch (checkpointed)."""
+    """Running loss, per-exit training accuracy, step metrics (averaged) and step counts
+    (summed) of the current epoch (checkpointed, so a resumed epoch logs the same row)."""
 
     def __init__(self, state: dict[str, Any] | None = None) -> None:
         state = state or {}
@@ -51,12 +54,15 @@ class EpochMeter:
         self.correct = list(state.get("correct", []))
         self.seen = int(state.get("seen", 0))
         self.metric_sums: dict[str, float] = dict(state.get("metric_sums", {}))
+        self.count_sums: dict[str, float] = dict(state.get("count_sums", {}))
 
     def update(self, out: StepOutput) -> None:
         self.loss_sum += out.loss
         self.steps += 1
         for key, value in out.metrics.items():
             self.metric_sums[key] = self.metric_sums.get(key, 0.0) + float(value)
+        for key, value in out.counts.items():
+            self.count_sums[key] = self.count_sums.get(key, 0.0) + float(value)
         if out.logits is None or out.targets is None:
             return
         labels = hard_labels(out.targets)
@@ -72,6 +78,7 @@ class EpochMeter:
             result[f"train_top1_exit{k + 1}"] = 100.0 * hits / max(self.seen, 1)
         for key, total in self.metric_sums.items():
             result[key] = total / max(self.steps, 1)
+        result.update(self.count_sums)
         return result
 
     def state(self) -> dict[str, Any]:
@@ -81,6 +88,7 @@ class EpochMeter:
             "correct": self.correct,
             "seen": self.seen,
             "metric_sums": self.metric_sums,
+            "count_sums": self.count_sums,
         }
 
 
@@ -169,6 +177,8 @@ class Trainer:
             self._checkpoint(epoch + 1, 0, history, meter, best)
             write_csv(self.run_dir / "train_log.csv", pd.DataFrame(history))
             log.info("epoch %d/%d %s", epoch + 1, self.recipe.epochs, _format_row(row))
+            for message in self.method.epoch_warnings(row, epoch + 1 == self.recipe.epochs):
+                log.warning(message)
         return self._write_model(history, best)
 
     def _train_epoch(
@@ -207,9 +217,10 @@ class Trainer:
         return every or last
 
     def _validate(self) -> dict[str, float]:
-        val = collect(
-            self.method, self.loaders.val.iterate(0), self.device, fast=not self.recipe.compile
-        )
+        with self._evaluated_weights():
+            val = collect(
+                self.method, self.loaders.val.iterate(0), self.device, fast=not self.recipe.compile
+            )
         return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(val.top1())}
 
     def _update_best(self, row: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
@@ -218,12 +229,32 @@ class Trainer:
             return best
         score = row[f"val_top1_exit{self.method.ctx.num_exits}"]
         if score > best.get("val_top1", -math.inf):
-            ckpt.save_torch(self.run_dir / "best.pt", {"method": self.method.state_dict()})
+            ckpt.save_torch(self.run_dir / "best.pt", {"method": self._evaluated_state()})
             best = {"val_top1": score, "epoch": row["epoch"]}
         return best
 
+    @contextlib.contextmanager
+    def _evaluated_weights(self) -> Iterator[None]:
+        """The weights that are validated, selected and saved, for the block: with the
+        recipe's EMA, the EMA backbone (the method's own modules stay as trained); the
+        trained weights are back in place afterwards."""
+        ema, backbone = self.engine.ema, self.method.backbone
+        if ema is None:
+            yield
+            return
+        trained = {key: value.clone() for key, value in backbone.state_dict().items()}
+        backbone.load_state_dict(ema.module.state_dict())
+        try:
+            yield
+        finally:
+            backbone.load_state_dict(trained)
+
+    def _evaluated_state(self) -> dict[str, torch.Tensor]:
+        with self._evaluated_weights():
+            return {key: value.clone() for key, value in self.method.state_dict().items()}
+
     def _write_model(self, history: list[dict[str, Any]], best: dict[str, Any]) -> Path:
-        state = self.method.state_dict()
+        state = self._evaluated_state()
         if best:
             state = ckpt.load_torch(self.run_dir / "best.pt", ("method",))["method"]
             log.info("selected epoch %d by val top-1 of the last exit", best["epoch"])

@@ -4,7 +4,10 @@ labels and styles, and the drawing and saving of curve panels.
 Styles come from the declarations of the registries, never from names spelled here: a
 method's `Display` (label, colour, marker, the figures it appears in), an exit rule's
 line style, legend suffix and whether it draws a curve or single points, a backbone's
-and a dataset's label. Backbones are told apart by marker fill.
+and a dataset's label. Backbones are told apart by marker fill. The paper's reported
+points are stars with a black edge in the colour of the reported method, one legend entry
+per method and backbone family, and are written beside ours in each figure's CSV (column
+`source`: ours or paper).
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import offset_copy
 
-from eebench.backbones import get_model_config
+from eebench.backbones import get_model_config, list_models
 from eebench.methods import EXIT_RULES, Display, ExitRule, method_class
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import write_bytes, write_csv
 from eebench.pipelines.registry import UnknownNameError
-from eebench.pipelines.tables import PAPER_DATASETS, paper_reported, read_table
+from eebench.pipelines.tables import (
+    PAPER_DATASETS,
+    backbone_family,
+    paper_method,
+    paper_reported,
+    read_table,
+)
 
 DPI = 200
 PANEL_SIZE = (4.6, 3.6)  # inches per panel: readable at paper size once scaled to a column
@@ -35,9 +45,20 @@ MIN_WIDTH = 6.4  # inches: room for a two-column legend under a single panel
 LEGEND_COLUMN = 3.2  # inches per legend column
 TITLE_CHARS = 40  # a panel title wraps beyond this, so that neighbouring titles never meet
 CURVE_KEYS = ["backbone", "method", "variant"]
-PAPER_STYLE = Display("paper (reported)", "#000000", "*")
+#: The reported points: the method's colour in this marker, with this edge, at this size.
+PAPER_MARKER, PAPER_EDGE, PAPER_SIZE = "*", "#000000", 13
+#: Points by which a reported star is set right of another one at the same cost.
+PAPER_DODGE = 9.0
+PAPER_SUFFIX = " — paper"
 #: Marker fill of the study's 1st, 2nd, … backbone (same in every figure).
 FILLS = ("full", "none", "left", "bottom")
+#: Marker fill of the paper's points on the study's 1st, 2nd, … backbone family: never
+#: hollow, so that each star keeps the colour of its method.
+PAPER_FILLS = ("full", "left", "bottom", "right")
+#: Column of the figure CSVs: whose point a row is (ours, or the paper's reported one).
+SOURCE, OURS, PAPER = "source", "ours", "paper"
+#: Column of the figure CSVs: where the paper reports a point (empty for ours).
+REPORTED_IN = "reported_in"
 INTERPOLATION_NOTE = (
     "Top-1 at a budget: linear interpolation in cost between the two neighbouring points of "
     "the run's budgeted curve (max-softmax exits, thresholds fitted on val)"
@@ -69,6 +90,23 @@ def displays(frame: pd.DataFrame) -> list[Display]:
     """The display of each row's method and variant, in row order."""
     pairs = zip(frame["method"], frame["variant"], strict=True)
     return [display_of(method, variant) for method, variant in pairs]
+
+
+def family_label(family: str) -> str:
+    """How figures name a backbone family ('MSDNet'): the label its configs declare."""
+    for name in list_models():
+        config = get_model_config(name)
+        if config.family == family:
+            return config.family_label or family
+    return family
+
+
+def paper_display(name: str) -> Display:
+    """The display of a method as the paper's CSV names it ('joint_bilevel[confidence]'): its
+    variant's when the label names one, else the method's."""
+    method, label = paper_method(name)
+    variant = label if label in method_class(method).variants else ""
+    return display_of(method, variant)
 
 
 def budget_label(budget: float) -> str:
@@ -189,11 +227,32 @@ def stand_in_title(tables: StudyTables, paper_dataset: str) -> tuple[str | None,
 # --------------------------------------------------------------------------- selections
 
 
+def drawn_under(display: Display, policy: str) -> bool:
+    """Whether a curve under the exit rule `policy` is drawn: a display that names rules
+    (a variant equal to another under the other rules) is drawn under those only."""
+    return not display.rules or policy in display.rules
+
+
 def shown_in(frame: pd.DataFrame, dataset: str | None, figure: str) -> pd.DataFrame:
-    """Rows of one dataset whose method (variant) lists `figure` among its display's figures."""
+    """Rows of one dataset whose method (variant) lists `figure` among its display's figures,
+    and, for budgeted rows, whose exit rule is among the display's rules."""
     rows = frame[frame["dataset"] == dataset]
-    shown = np.array([figure in display.figures for display in displays(rows)], dtype=bool)
+    styles = displays(rows)
+    shown = np.array([figure in display.figures for display in styles], dtype=bool)
+    if "policy" in rows:
+        pairs = zip(styles, rows["policy"], strict=True)
+        shown &= np.array([drawn_under(display, policy) for display, policy in pairs], dtype=bool)
     return rows[shown]
+
+
+def rules_note(frame: pd.DataFrame) -> str:
+    """'frozen + Ours drawn with the score exit rule only', for each display of the rows
+    that names rules: a reader of the image alone learns why its other curves are missing."""
+    limited = {display.label: display.rules for display in displays(frame) if display.rules}
+    return "; ".join(
+        f"{label} drawn with the {'/'.join(rules)} exit rule only"
+        for label, rules in limited.items()
+    )
 
 
 def paper_points(tables: StudyTables, paper_figure: str, dataset: str | None) -> pd.DataFrame:
@@ -255,19 +314,57 @@ def note(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
-def _draw_paper(ax: Axes, points: pd.DataFrame) -> None:
-    if points.empty:
-        return
-    ax.scatter(
-        points["budget_mflops"],
-        points["top1"],
-        marker=PAPER_STYLE.marker,
-        s=140,
-        color=PAPER_STYLE.color,
-        edgecolors="white",
-        linewidths=0.6,
-        zorder=5,
-        label=PAPER_STYLE.label,
+def paper_fill(family: str, backbones: list[str]) -> str:
+    """The paper stars' fill for a backbone family: by its rank among the study's families
+    (a family the study lacks comes after them, so its fill is none of theirs)."""
+    families = list(dict.fromkeys([*map(backbone_family, backbones), family]))
+    return PAPER_FILLS[families.index(family) % len(PAPER_FILLS)]
+
+
+def _draw_paper(ax: Axes, points: pd.DataFrame, backbones: list[str]) -> None:
+    """One legend entry per reported method × backbone family: stars in the method's colour
+    with a black edge, so that close numbers of different methods stay apart (a star at the
+    cost of an earlier entry's is set beside it rather than on it)."""
+    drawn: list[set[float]] = []
+    for (method, family), group in points.groupby(["method", "backbone"], sort=False):
+        display = paper_display(method)
+        costs = set(group["budget_mflops"])
+        dodge = sum(1 for earlier in drawn if earlier & costs) * PAPER_DODGE
+        drawn.append(costs)
+        # A line in an offset transform is left out of autoscaling: add its points by hand.
+        ax.update_datalim(group[["budget_mflops", "top1"]].to_numpy(dtype=float))
+        ax.plot(
+            group["budget_mflops"],
+            group["top1"],
+            linestyle="none",
+            marker=PAPER_MARKER,
+            markersize=PAPER_SIZE,
+            color=display.color,
+            markerfacecoloralt="white",
+            markeredgecolor=PAPER_EDGE,
+            markeredgewidth=0.8,
+            fillstyle=paper_fill(family, backbones),
+            transform=offset_copy(ax.transData, fig=ax.figure, x=dodge, units="points"),
+            zorder=5,
+            label=f"{family_label(family)} + {display.label}{PAPER_SUFFIX}",
+        )
+
+
+def paper_rows(points: pd.DataFrame) -> pd.DataFrame:
+    """The paper's points in the layout of a curve figure's CSV: the backbone family as
+    backbone, the reported cost and top-1 as the mean ones, `source` = paper."""
+    methods = [paper_method(name) for name in points["method"]]
+    return pd.DataFrame(
+        {
+            "dataset": points["dataset"],
+            "backbone": points["backbone"],
+            "method": [method for method, _ in methods],
+            "variant": [label or "" for _, label in methods],
+            "mflops_mean": points["budget_mflops"].astype(float),
+            "top1_mean": points["top1"].astype(float),
+            SOURCE: PAPER,
+            REPORTED_IN: points["source"],
+        }
     )
 
 
@@ -287,9 +384,16 @@ class Panel:
             note(ax, "no runs for this panel\nin this study")
             return
         draw_curves(ax, self.rows, backbones, markevery=4 if self.budgeted else 1)
-        _draw_paper(ax, self.paper)
+        _draw_paper(ax, self.paper, backbones)
         ax.set_xlabel("average MFLOPs per image" if self.budgeted else "MFLOPs of the exit")
         ax.set_ylabel("top-1 accuracy (%)")
+
+    def data(self) -> pd.DataFrame:
+        """The points drawn, ours then the paper's (drawn only beside curves of ours)."""
+        ours = self.rows.assign(**{SOURCE: OURS, REPORTED_IN: ""})
+        paper = paper_rows(self.paper) if not self.rows.empty else ours.iloc[:0]
+        frames = [frame for frame in (ours, paper) if not frame.empty] or [ours]
+        return pd.concat(frames, ignore_index=True).assign(panel=self.title)
 
 
 def anytime_panel(
@@ -385,6 +489,7 @@ def curve_figure(
     fig, axes = new_figure(len(panels))
     for ax, panel in zip(axes, panels, strict=True):
         panel.draw(ax, tables.backbones)
-    finish(fig, axes, caption(tables, datasets))
-    drawn = [panel.rows.assign(panel=panel.title) for panel in panels]
-    return save(fig, out, name, pd.concat(drawn, ignore_index=True))
+    drawn = pd.concat([panel.data() for panel in panels], ignore_index=True)
+    notes = [caption(tables, datasets), rules_note(drawn[drawn[SOURCE] == OURS])]
+    finish(fig, axes, ". ".join(note for note in notes if note))
+    return save(fig, out, name, drawn)

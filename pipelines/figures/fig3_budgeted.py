@@ -1,6 +1,7 @@
 """Figure 3 (budgeted batch classification): top-1 against the average cost per image, a
 panel per dataset, one curve per backbone × method (variant) whose display lists this figure
-and per exit rule fitted for its runs (each rule in its own line style)."""
+and per exit rule fitted for its runs (each rule in its own line style), or per rule its
+display names: frozen + Ours only under the gater's score, as max softmax makes it standard."""
 
 from __future__ import annotations
 

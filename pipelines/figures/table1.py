@@ -1,6 +1,7 @@
 """Table 1: top-1 at the dataset's budgets of the runs that form the table's rows (as the
 methods declare them with `TableRows`), one grid per dataset/backbone, drawn as an image
-and also written as Markdown and LaTeX, with the paper's value beside ours where it has one."""
+and also written as Markdown and LaTeX, with the paper's value beside ours where it has one
+(in the CSV: the paper's rows of the same datasets and backbone families, `source` = paper)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from eebench.methods import TRAIN_METHODS
 from eebench.pipelines.figures import IMAGE_FILES, register_figure
 from eebench.pipelines.figures.common import (
     INTERPOLATION_NOTE,
+    OURS,
+    PAPER,
+    REPORTED_IN,
+    SOURCE,
     StudyTables,
     budget_label,
     caption,
@@ -73,6 +78,30 @@ def _paper_table1(
         (paper_method(row.method)[1], float(row.budget_mflops)): row.top1
         for row in rows.itertuples()
     }
+
+
+def table1_data(tables: StudyTables) -> pd.DataFrame:
+    """Our Table 1 points, then the paper's of the same datasets and backbone families (its
+    backbone column holds the family, as the paper names backbones)."""
+    ours = tables.table1.assign(**{SOURCE: OURS, REPORTED_IN: ""})
+    shown = set(zip(ours["dataset"], ours["backbone"].map(backbone_family), strict=True))
+    paper = tables.paper[tables.paper["figure"] == TABLE1]
+    pairs = zip(paper["dataset"], paper["backbone"], strict=True)
+    paper = paper[[pair in shown for pair in pairs]]
+    if paper.empty:
+        return ours
+    reported = pd.DataFrame(
+        {
+            "dataset": paper["dataset"],
+            "backbone": paper["backbone"],
+            ROW_COLUMN: [paper_method(name)[1] for name in paper["method"]],
+            "budget_mflops": paper["budget_mflops"].astype(float),
+            "top1_mean": paper["top1"],
+            SOURCE: PAPER,
+            REPORTED_IN: paper["source"],
+        }
+    )
+    return pd.concat([ours, reported], ignore_index=True)
 
 
 def table1_grids(tables: StudyTables, pm: str = "±") -> dict[str, pd.DataFrame]:
@@ -197,4 +226,5 @@ def draw(tables: StudyTables, out: Path) -> list[Path]:
     finish(fig, axes, f"{text}. {TABLE1_NOTE}")
     write_text(out / f"{NAME}.md", table1_markdown(tables, text))
     write_text(out / f"{NAME}.tex", table1_latex(tables, text))
-    return [*save(fig, out, NAME, tables.table1), out / f"{NAME}.md", out / f"{NAME}.tex"]
+    data = table1_data(tables)
+    return [*save(fig, out, NAME, data), out / f"{NAME}.md", out / f"{NAME}.tex"]

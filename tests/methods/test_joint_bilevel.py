@@ -211,7 +211,7 @@ def test_unknown_and_mistyped_hparams() -> None:
 def test_variants() -> None:
     subsets = "confidence margin entropy confidence+margin confidence+entropy margin+entropy"
     subsets = {*subsets.split(), "confidence+margin+entropy"}
-    others = {"frozen", "released_code", "lam=0.5", "lam=1", "lam=4", "T=0.25", "T=1"}
+    others = {"frozen", "released_code", "lam=0.1", "lam=0.5", "lam=1", "lam=4", "T=0.25", "T=1"}
     assert set(JointBilevel.variants) == subsets | others
     for name in subsets:
         assert "+".join(JointBilevel.variant(name)["hparams"]["features"]) == name
@@ -422,3 +422,161 @@ def test_end_to_end_gater_sends_easy_samples_early(
         logits = method.backbone(x_test)
     assert P1[easy].mean() > P1[~easy].mean() + 0.5
     assert (logits[0].argmax(1) == y_test)[easy].float().mean() > 0.95  # sanity: exit 1 learned
+
+
+# --------------------------------------------------------------------------- gater diagnostics
+
+PER_EXIT = ("A_exit", "argmaxA_exit", "ce_exit")  # k = 1..K
+PER_GATED_EXIT = ("P_mean_exit", "P_std_exit")  # k = 1..K-1
+
+
+def diagnostic_keys(num_exits: int) -> set[str]:
+    keys = {f"{name}{k}" for name in PER_EXIT for k in range(1, num_exits + 1)}
+    keys |= {f"{name}{k}" for name in PER_GATED_EXIT for k in range(1, num_exits)}
+    return keys | {"expected_cost"}
+
+
+def by_exit(metrics: dict[str, float], name: str, count: int) -> list[float]:
+    return [metrics[f"{name}{k}"] for k in range(1, count + 1)]
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("n", [8, 1])
+def test_step_diagnostics_keys_and_ranges(build: Build, batch: Batch, frozen: bool, n: int) -> None:
+    method, engine = build(phi_interval=3, frozen_backbone=frozen)
+    total_phi = 0.0
+    for step in range(7):
+        out = method.training_step(*batch(n), step, engine)
+        m = out.metrics
+        assert set(m) == diagnostic_keys(3)
+        assert sum(by_exit(m, "A_exit", 3)) == pytest.approx(1.0, abs=1e-5)
+        assert sum(by_exit(m, "argmaxA_exit", 3)) == pytest.approx(1.0, abs=1e-6)
+        assert all(v in {i / n for i in range(n + 1)} for v in by_exit(m, "argmaxA_exit", 3))
+        assert all(0.0 <= v <= 1.0 for v in by_exit(m, "P_mean_exit", 2))
+        assert all(0.0 <= v <= 0.5 for v in by_exit(m, "P_std_exit", 2))  # P in [0, 1]
+        if n == 1:
+            assert by_exit(m, "P_std_exit", 2) == [0.0, 0.0]  # population std, not NaN
+        assert all(v >= 0.0 for v in by_exit(m, "ce_exit", 3))
+        assert 0.25 <= m["expected_cost"] <= 1.0
+        phi_step = frozen or step % 3 == 0
+        assert out.counts == {"phi_steps": 2.0 if phi_step else 0.0}
+        total_phi += out.counts["phi_steps"]
+    assert total_phi == engine.steps["gater"]  # counts the updates the engine really made
+
+
+def a_by_hand(P: torch.Tensor, T: float) -> torch.Tensor:
+    """Eq. 5 as products (eps in both factors), raised to 1/T and normalised (Eq. 9)."""
+    columns, reach = [], torch.ones(P.shape[0])
+    for k in range(P.shape[1]):
+        columns.append(((P[:, k] + EPS) * reach) ** (1 / T))
+        reach = reach * (1 - P[:, k] + EPS)
+    columns.append(reach ** (1 / T))
+    unnorm = torch.stack(columns, dim=1)
+    return unnorm / unnorm.sum(dim=1, keepdim=True)
+
+
+def confidence_of(logits: list[torch.Tensor]) -> torch.Tensor:
+    """B×(K−1) max softmax of the gated exits, computed here rather than by the method."""
+    return torch.stack([z.softmax(dim=-1).max(dim=-1).values for z in logits[:-1]], dim=1)
+
+
+def steep_gater(gater: ExitGater, confidence: torch.Tensor, sharpness: float) -> None:
+    """Sets MLP_k so that P_k = sigmoid(s·GELU((conf_k − median_k) / std_k)) exactly: P spread
+    over (0, 1) and argmax A over several exits, so that the diagnostics are not trivial."""
+    medians, stds = confidence.median(dim=0).values, confidence.std(dim=0)
+    with torch.no_grad():
+        for mlp, median, std in zip(gater.mlps, medians, stds, strict=True):
+            first, last = mlp[0], mlp[-2]
+            for param in (*first.parameters(), *last.parameters()):
+                param.zero_()
+            first.weight[0, 0] = 1 / std  # confidence is feature 0 of (confidence, entropy)
+            first.bias[0] = -median / std
+            last.weight[0, 0] = sharpness
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_step_diagnostics_match_an_independent_computation(
+    build: Build, batch: Batch, frozen: bool
+) -> None:
+    method, engine = build(
+        frozen_backbone=frozen, temperature=0.5, features=["confidence", "entropy"]
+    )
+    with torch.no_grad():  # sharper heads: confidences that differ between samples
+        for head in method.backbone.heads:
+            head[-1].weight.mul_(5.0)
+    method._phi_handle.optimizer.param_groups[0]["lr"] = 0.0  # the step changes no weight
+    if not frozen:
+        engine.backbone_optimizer().optimizer.param_groups[0]["lr"] = 0.0
+    x, y = batch(15)
+    backbone = copy.deepcopy(method.backbone)
+    with torch.no_grad():
+        if frozen:  # φ half-steps: eval mode, per-sample, so the whole batch at once
+            logits = backbone.eval()(x)
+        else:  # θ half-steps: train mode, BatchNorm statistics of each half (8 + 7)
+            halves = [backbone.train()(x[:8]), backbone(x[8:])]
+            logits = [torch.cat(zs) for zs in zip(*halves, strict=True)]
+    confidence = confidence_of(logits)
+    steep_gater(method.gater, confidence, sharpness=5.0)
+
+    out = method.training_step(x, y, 1, engine)  # step 1: θ half-steps only (interval 10)
+
+    standardized = (confidence - confidence.median(dim=0).values) / confidence.std(dim=0)
+    P = torch.sigmoid(5.0 * F.gelu(standardized))
+    A = a_by_hand(P.double(), 0.5).float()
+    ce = torch.stack([F.cross_entropy(z, y, reduction="none") for z in logits], dim=1)
+    chosen = np.bincount(A.argmax(dim=1).numpy(), minlength=3) / 15
+    assert (chosen > 0).sum() >= 2 and (P.std(dim=0) > 0.05).all()  # a non-trivial batch
+    expected = {
+        "A_exit": A.mean(dim=0).tolist(),
+        "argmaxA_exit": chosen.tolist(),
+        "ce_exit": ce.mean(dim=0).tolist(),
+        "P_mean_exit": P.mean(dim=0).tolist(),
+        "P_std_exit": ((P - P.mean(dim=0)) ** 2).mean(dim=0).sqrt().tolist(),  # population
+    }
+    for name, values in expected.items():
+        assert by_exit(out.metrics, name, len(values)) == pytest.approx(values, abs=1e-5), name
+    costs = torch.tensor([0.25, 0.5, 1.0])  # ĉ of MFLOPs (1, 2, 4)
+    assert out.metrics["expected_cost"] == pytest.approx(float((A * costs).sum(1).mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_step_reads_the_device_once(
+    build: Build, batch: Batch, frozen: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reported number leaves the device in one transfer (one CUDA sync per step)."""
+    method, engine = build(frozen_backbone=frozen)
+    reads: list[str] = []
+    for name in ("tolist", "item", "__float__", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: Any, _name: str = name, _f: Any = original) -> Any:
+            reads.append(_name)
+            return _f(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    method.training_step(*batch(6), 0, engine)  # a φ step
+    assert reads == ["tolist"]
+
+
+def test_collapse_warning_names_exit_share_lambda_and_temperature(build: Build) -> None:
+    method, _ = build(lam=2.0, temperature=0.5)
+    ce = {"ce_exit1": 1.1, "ce_exit2": 1.0, "ce_exit3": 0.95}
+    collapsed = {"A_exit1": 0.97, "A_exit2": 0.02, "A_exit3": 0.01, **ce}
+    (message,) = method.epoch_warnings(collapsed, last_epoch=True)
+    assert "exit 1 of 3" in message and "0.970" in message
+    assert "λ=2" in message and "T=0.5" in message
+    assert "cost term dominates" in message and "every sample to exit 1" in message
+    assert "1.1/1/0.95" in message and "0.5/1/2" in message  # mean CE vs λ·ĉ per exit
+    balanced = {"A_exit1": 0.4, "A_exit2": 0.35, "A_exit3": 0.25, **ce}
+    assert method.epoch_warnings(balanced, last_epoch=True) == []
+    assert method.epoch_warnings(collapsed, last_epoch=False) == []  # only the final state
+
+
+def test_collapse_warning_at_the_last_exit_asks_for_more_cost(build: Build) -> None:
+    method, _ = build(lam=0.1, temperature=1.0)
+    (message,) = method.epoch_warnings(
+        {"A_exit1": 0.01, "A_exit2": 0.01, "A_exit3": 0.98}, last_epoch=True
+    )
+    assert "exit 3 of 3" in message and "λ=0.1" in message and "T=1" in message
+    assert "last exit" in message and "larger λ" in message
+    assert "Mean CE" not in message  # no CE columns in the row, nothing invented

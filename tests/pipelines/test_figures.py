@@ -1,7 +1,9 @@
 """build_figures on fake tables: every registered figure writes its declared files, non-empty,
 Table 1 as Markdown and LaTeX, the sensitivity points, captions, styles taken from the
 methods' and exit rules' declarations (a method registered here appears exactly where its
-display says), and no crash when methods or datasets are missing."""
+display says, under the exit rules it names), the paper's points beside ours (one legend
+entry per reported method and backbone, rows of the CSVs), and no crash when methods or
+datasets are missing."""
 
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ from eebench.methods import EXIT_RULES, TRAIN_METHODS, Display, ExitRule, TrainM
 from eebench.methods.standard import Standard
 from eebench.pipelines.figures import FIGURE_FILES, FIGURE_NAMES, FIGURES, build_figures
 from eebench.pipelines.figures.common import (
+    PAPER_SUFFIX,
     StudyTables,
     backbone_label,
     dataset_label,
     display_of,
     load_tables,
 )
-from eebench.pipelines.tables import build_tables, read_table
+from eebench.pipelines.tables import build_tables, paper_reported, read_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +81,21 @@ def draw_figure(monkeypatch: pytest.MonkeyPatch) -> DrawFigure:
 def lines_labelled(fig: Figure, suffix: str) -> list[Line2D]:
     """The lines of a figure whose legend label ends with `suffix`."""
     return [line for ax in fig.axes for line in ax.lines if line.get_label().endswith(suffix)]
+
+
+def legend_labels(fig: Figure) -> list[str]:
+    """The entries of the figure's legend (the one under its panels), in order."""
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
+
+
+def ours(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a figure CSV that are points of our runs (not the paper's)."""
+    return frame[frame["source"] == "ours"]
+
+
+def reported(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a figure CSV that are the paper's reported points."""
+    return frame[frame["source"] == "paper"]
 
 
 def test_every_figure_is_a_non_empty_png_and_pdf(figures: Path) -> None:
@@ -133,17 +151,104 @@ def test_table1_latex_is_a_booktabs_table(figures: Path) -> None:
 
 
 def test_figure_data_csvs_hold_the_points_drawn(figures: Path) -> None:
-    fig3 = read_table(figures / "fig3_budgeted.csv")
+    fig3 = ours(read_table(figures / "fig3_budgeted.csv"))
     assert set(fig3["variant"]) == {"", "frozen"}  # feature subsets are Table 1's business
     assert set(fig3["policy"]) == {"max_softmax", "score"}
-    fig2 = read_table(figures / "fig2_anytime.csv")
+    fig2 = ours(read_table(figures / "fig2_anytime.csv"))
     assert set(fig2["method"]) == {"standard", "joint_bilevel"}
     assert set(fig2["variant"]) == {""}
     # Fig. 4: each run once, under its method's main exit rule (max softmax for both here).
     fig4 = read_table(figures / "fig4_posthoc.csv")
+    assert set(fig4["source"]) == {"ours"}  # the paper's Fig. 4 reports no numbers
     assert set(fig4["method"]) == {"standard", "joint_bilevel"}
     assert set(fig4["policy"]) == {"max_softmax"}
     assert set(fig4["panel"]) == {"MSDNet — CIFAR-100", "RANet — CIFAR-100"}
+
+
+def test_figure_csvs_hold_the_paper_points_beside_ours(figures: Path) -> None:
+    # The fake study is on CIFAR-100: the paper's Fig. 2, Fig. 3 and Table 1 numbers for it.
+    paper = paper_reported()
+    columns = ["dataset", "backbone", "method", "variant", "mflops_mean", "top1_mean"]
+    fig2 = read_table(figures / "fig2_anytime.csv")
+    assert reported(fig2)[[*columns, "reported_in", "panel"]].to_numpy().tolist() == [
+        ["cifar100", "msdnet", "joint_bilevel", "", 137.0, 80.43, "Section 4 text", "CIFAR-100"]
+    ]
+    assert reported(fig2)["exit"].isna().all()  # the paper gives a cost, not an exit
+    fig3 = read_table(figures / "fig3_budgeted.csv")
+    assert reported(fig3)[[*columns, "policy"]].to_numpy().tolist() == [
+        ["cifar100", "msdnet", "joint_bilevel", "", 90.0, 80.43, ""]
+    ]
+    assert len(ours(fig3)) + len(reported(fig3)) == len(fig3)
+    table1 = read_table(figures / "table1.csv")
+    expected = paper[(paper["figure"] == "table1") & (paper["dataset"] == "cifar100")]
+    assert len(reported(table1)) == len(expected) == 28
+    rows = reported(table1).set_index(["features", "budget_mflops"])
+    assert rows.loc[("confidence", 30.0), "top1_mean"] == pytest.approx(70.84)
+    assert rows.loc[("confidence+margin+entropy", 90.0), "top1_mean"] == pytest.approx(79.7)
+    assert set(rows["backbone"]) == {"msdnet"}  # the paper names backbone families
+    assert set(ours(table1)["backbone"]) == {"msdnet_cifar"}
+
+
+def test_the_paper_overlay_has_a_legend_entry_per_reported_method_and_backbone(
+    make_study: Callable[..., dict[str, Any]],
+    make_results: Callable[[dict[str, Any]], Path],
+    draw_figure: DrawFigure,
+) -> None:
+    # CIFAR-10, Fig. 2: Ours on MSDNet (two numbers) and standard RANet at about the same
+    # cost as one of them (90.96 vs 90.80 at 27 MFLOPs).
+    study = make_study("cifar10")
+    root = make_results(study)
+    build_tables(study, root)
+    fig = draw_figure("fig2_anytime", load_tables(study, root), root / "figures")
+    entries = [label for label in legend_labels(fig) if label.endswith(PAPER_SUFFIX)]
+    assert entries == [
+        "MSDNet + Ours (joint_bilevel) — paper",
+        "RANet + standard — paper",
+    ]
+    stars = lines_labelled(fig, PAPER_SUFFIX)
+    assert [len(star.get_xdata()) for star in stars] == [2, 1]
+    for star, method in zip(stars, ["joint_bilevel", "standard"], strict=True):
+        assert to_hex(star.get_color()) == display_of(method).color  # the method's colour
+        assert star.get_marker() == "*" and to_hex(star.get_markeredgecolor()) == "#000000"
+        assert star.get_linestyle() == "None"
+    assert stars[0].get_fillstyle() != stars[1].get_fillstyle()  # MSDNet vs RANet
+    # The two stars at 27 MFLOPs are drawn side by side, not on top of each other.
+    at_27 = [star.get_transform().transform((27.0, 90.9))[0] for star in stars]
+    assert at_27[1] > at_27[0]
+    fig2 = read_table(root / "figures" / "fig2_anytime.csv")
+    points = reported(fig2)[["backbone", "method", "mflops_mean", "top1_mean"]]
+    assert points.to_numpy().tolist() == [
+        ["msdnet", "joint_bilevel", 137.0, 96.13],
+        ["msdnet", "joint_bilevel", 27.0, 90.80],
+        ["ranet", "standard", 27.0, 90.96],
+    ]
+
+
+def test_frozen_ours_is_drawn_under_the_gaters_score_rule_only(
+    study: dict[str, Any], results_root: Path, draw_figure: DrawFigure
+) -> None:
+    # Under max softmax the frozen variant is `standard` (the same backbone) by construction.
+    build_tables(study, results_root)
+    tables = load_tables(study, results_root)
+    assert set(tables.budgeted.loc[tables.budgeted["variant"] == "frozen", "policy"]) == {
+        "max_softmax",
+        "score",
+    }
+    fig = draw_figure("fig3_budgeted", tables, results_root / "figures")
+    fig3 = read_table(results_root / "figures" / "fig3_budgeted.csv")
+    frozen = fig3[fig3["variant"] == "frozen"]
+    assert len(frozen) > 0
+    assert set(frozen["policy"]) == {"score"}
+    assert set(fig3.loc[fig3["variant"] == "", "policy"]) >= {"max_softmax", "score"}
+    label = display_of("joint_bilevel", "frozen").label
+    drawn = [line.get_label() for line in lines_labelled(fig, "")]
+    frozen_lines = [text for text in drawn if f" + {label}" in text]
+    assert frozen_lines == [
+        f"{backbone_label(b)} + {label}{EXIT_RULES.get('score').legend_suffix}"
+        for b in ("msdnet_cifar", "ranet_cifar")
+    ]
+    captions = " ".join(text.get_text().replace("\n", " ") for text in fig.texts)
+    assert f"{label} drawn with the score exit rule only" in captions
 
 
 def test_sensitivity_without_a_sweep_draws_notes_and_no_points(figures: Path) -> None:
@@ -217,6 +322,9 @@ def test_labels_and_styles_come_from_the_declarations() -> None:
     frozen = display_of("joint_bilevel", "frozen")
     assert frozen.label == "frozen + Ours"
     assert frozen.figures == ("fig3_budgeted",)
+    assert frozen.rules == ("score",)  # under max softmax it is `standard`
+    assert frozen.main_rule == "score"
+    assert display_of("joint_bilevel").rules == ()  # every rule fitted
     swept = display_of("joint_bilevel", "lam=4")
     assert swept.label == "Ours (joint_bilevel) [lam=4]"
     assert swept.figures == ()  # sweep points are the sensitivity figure's business

@@ -72,7 +72,14 @@ def test_exit_proportions_formula() -> None:
     props = budget_proportions(7)
     assert props.shape == (39, 7)
     np.testing.assert_allclose(props.sum(axis=1), 1.0)
-    np.testing.assert_allclose(props[P_VALUES.index(7)], exit_proportions(7 / 20, 7))
+    # Row p has q = p / 20: each exit gets q times the share of the one before it ...
+    q = np.arange(1, 40)[:, None] / 20
+    np.testing.assert_allclose(props[:, 1:] / props[:, :-1], np.broadcast_to(q, (39, 6)))
+    # ... so p = 10 (q = 1/2) halves from exit to exit and p = 20 (q = 1) is uniform.
+    np.testing.assert_allclose(
+        props[P_VALUES.index(10)], [64, 32, 16, 8, 4, 2, 1] / np.float64(127)
+    )
+    np.testing.assert_allclose(props[P_VALUES.index(20)], np.full(7, 1 / 7))
     with pytest.raises(ValueError):
         exit_proportions(0.0, 3)
 
@@ -191,24 +198,40 @@ def test_exit_fractions_survive_csv_round_trip() -> None:
 
 
 def test_budgeted_from_logits_default_and_provided_scores() -> None:
+    """Against the loop definition, with scores and correctness computed here: the textbook
+    max softmax (not `softmax_confidence`) by default, the given scores otherwise."""
     rng = np.random.default_rng(3)
     val_logits = rng.normal(size=(3, 60, 5)).astype(np.float32)
     test_logits = rng.normal(size=(3, 40, 5)).astype(np.float32)
     val_y, test_y = rng.integers(0, 5, 60), rng.integers(0, 5, 40)
     flops = np.array([1.0, 2.0, 3.0])
-    correct = test_logits.argmax(axis=-1) == test_y
+    correct = np.array(
+        [[np.argmax(test_logits[k, i]) == test_y[i] for i in range(40)] for k in range(3)]
+    )
+
+    def max_probability(logits: np.ndarray) -> np.ndarray:
+        e = np.exp(logits.astype(np.float64))
+        return (e / e.sum(axis=-1, keepdims=True)).max(axis=-1)
+
+    def assert_hand(curve: pd.DataFrame, val: np.ndarray, test: np.ndarray) -> None:
+        assert curve["p"].tolist() == list(P_VALUES)
+        hand = _hand_budgeted(val, test, correct, flops)
+        for (_, row), (cost, top1, fractions) in zip(curve.iterrows(), hand, strict=True):
+            assert row["mflops"] == pytest.approx(cost, rel=1e-12)
+            assert row["top1"] == pytest.approx(top1, rel=1e-12)
+            np.testing.assert_allclose(parse_exit_fractions(row["exit_fractions"]), fractions)
 
     default = budgeted_from_logits(val_logits, val_y, test_logits, test_y, flops)
-    expected = budgeted_curve(
-        softmax_confidence(val_logits), softmax_confidence(test_logits), correct, flops
-    )
-    pd.testing.assert_frame_equal(default, expected)
+    assert_hand(default, max_probability(val_logits), max_probability(test_logits))
+    # val labels only need the right shape: thresholds never read val correctness
+    shuffled = budgeted_from_logits(val_logits, val_y[::-1], test_logits, test_y, flops)
+    pd.testing.assert_frame_equal(shuffled, default)
 
     val_s, test_s = rng.random((3, 60)), rng.random((3, 40))
     provided = budgeted_from_logits(
         val_logits, val_y, test_logits, test_y, flops, val_scores=val_s, test_scores=test_s
     )
-    pd.testing.assert_frame_equal(provided, budgeted_curve(val_s, test_s, correct, flops))
+    assert_hand(provided, val_s, test_s)
     assert not provided["exit_fractions"].equals(default["exit_fractions"])
     with pytest.raises(ValueError, match="both"):
         budgeted_from_logits(val_logits, val_y, test_logits, test_y, flops, val_scores=val_s)

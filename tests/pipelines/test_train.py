@@ -25,7 +25,7 @@ from eebench.pipelines.evaluate import collect, evaluate_run
 from eebench.pipelines.fingerprint import RunConfigChangedError, fingerprint
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.runs import build_method, make_loaders
-from eebench.pipelines.train import train_run
+from eebench.pipelines.train import Trainer, train_run
 from eebench.recipes import RECIPES
 
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
@@ -276,3 +276,59 @@ def test_soft_targets_from_mixup_and_label_smoothing_train(tmp_path: Path) -> No
     run_dir = tmp_path / "run"
     train_run(make_run(recipe=recipe), run_dir, tmp_path / "splits")
     assert np.isfinite(pd.read_csv(run_dir / "train_log.csv")["train_loss"]).all()
+
+
+def test_joint_bilevel_logs_gater_diagnostics_and_epoch_warnings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One epoch of 8 steps, φ every 3: train_log.csv has the gater's per-exit diagnostics
+    (epoch means) and phi_steps as the epoch's total (steps 0, 3, 6: 3 × 2 updates); the
+    Trainer asks the method for warnings after the epoch and logs them."""
+    cls = TRAIN_METHODS.get("joint_bilevel")
+    calls: list[tuple[dict[str, float], bool]] = []
+    original = cls.epoch_warnings
+
+    def spy(self: Any, row: dict[str, float], last_epoch: bool) -> list[str]:
+        calls.append((dict(row), last_epoch))
+        return [*original(self, row, last_epoch), "probe warning"]
+
+    monkeypatch.setattr(cls, "epoch_warnings", spy)
+    hparams = cls.resolve_hparams("synthetic", {"hidden": 16, "phi_interval": 3})
+    run = make_run(method="joint_bilevel", hparams=hparams, recipe={"epochs": 1})
+    run_dir = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="eebench.pipelines.train"):
+        train_run(run, run_dir, tmp_path / "splits")
+    log = pd.read_csv(run_dir / "train_log.csv")
+    per_exit = ("A_exit", "argmaxA_exit", "ce_exit")
+    columns = {f"{name}{k}" for name in per_exit for k in range(1, 5)}
+    columns |= {f"{name}{k}" for name in ("P_mean_exit", "P_std_exit") for k in range(1, 4)}
+    assert columns | {"expected_cost", "phi_steps"} <= set(log.columns)
+    row = log.iloc[0]
+    assert row["phi_steps"] == 6
+    assert sum(row[f"argmaxA_exit{k}"] for k in range(1, 5)) == pytest.approx(1.0, abs=1e-6)
+    assert [last for _, last in calls] == [True]
+    assert calls[0][0]["phi_steps"] == 6 and "ce_exit4" in calls[0][0]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"][-1] == (
+        "probe warning"
+    )
+
+
+def test_ema_weights_are_validated_and_saved(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    run = make_run(recipe={"ema": True, "ema_decay": 0.5}, selection="best_val")
+    trainer = Trainer(run, tmp_path / "run", tmp_path / "splits")
+    trainer.fit()
+    saved = ckpt.load_torch(tmp_path / "run" / "model.pt", ("method",))["method"]
+    ema = trainer.engine.ema.module.state_dict()
+    trained = trainer.method.backbone.state_dict()
+    for key, value in ema.items():
+        assert torch.equal(saved[f"backbone.{key}"], value), key
+    floats = [key for key, value in ema.items() if value.is_floating_point()]
+    assert any(not torch.equal(trained[key], ema[key]) for key in floats), (
+        "EMA and trained weights coincide: the test would not see which one is saved"
+    )
+    # The logged val top-1 is that of the saved (EMA) weights, not of the trained ones.
+    trainer.method.load_state_dict(saved)
+    val = collect(trainer.method, trainer.loaders.val.iterate(0), trainer.device, fast=True)
+    logged = pd.read_csv(tmp_path / "run" / "train_log.csv").iloc[-1]
+    assert [logged[f"val_top1_exit{k + 1}"] for k in range(4)] == val.top1()
