@@ -142,3 +142,14 @@ def test_damaged_split_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert f"split file {split} is corrupted" in err and "Delete it" in err
     assert "Traceback" not in err
+
+
+def test_list_shows_each_recipes_augmentation_and_source(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "  paper_cifar: sgd nesterov lr 0.1 cosine, 300 epochs, batch 64, augment timm, " in out
+    assert "mixup 0.8, cutmix 1, smoothing 0.1, EMA 0.9999" in out
+    assert "  paper_cifar_plain: sgd nesterov lr 0.1 cosine, 300 epochs, batch 64, augment " in out
+    assert out.count("      source: ") == out.split("recipes: ")[1].split("\n")[0].count(",") + 1

@@ -1,0 +1,484 @@
+"""`l2w` (methods/l2w.py): the second-order meta-gradient against finite differences, the
+virtual step against the real optimisers, the meta loss's exits against the budgeted
+protocol, a meta step that leaves the real model untouched, and real training runs
+(SIGKILL and resume, train_log columns) under the Trainer.
+
+Expected values are computed here independently: torch.optim's own step, the protocol's
+loop definition (`fit_thresholds_reference`), exits worked out by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from eebench.methods import HyperparameterError
+from eebench.methods.l2w import (
+    L2W,
+    WeightNet,
+    budgeted_exits,
+    budgeted_loss,
+    exit_counts,
+    exit_losses,
+    virtual_step,
+    weighted_loss,
+)
+from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines import protocol
+from eebench.pipelines.io import write_yaml
+from eebench.pipelines.train import Trainer, train_run
+from eebench.recipes import RECIPES
+
+MakeMethod = Callable[..., tuple[Any, Any]]
+Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def hparams(**overrides: Any) -> dict[str, Any]:
+    """The CIFAR defaults with a small WPN (the tiny tests need no 500 hidden units)."""
+    return L2W.resolve_hparams("cifar", {"hidden": 16, **overrides})
+
+
+# --------------------------------------------------------------------------- meta-gradient
+
+
+def _set_phi(phi: list[nn.Parameter], values: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p, value in zip(phi, values, strict=True):
+            p.copy_(value)
+
+
+@pytest.mark.parametrize(
+    ("input_kind", "normalization"), [("loss", "col"), ("conf", "row"), ("both", "mat")]
+)
+def test_meta_gradient_matches_central_differences(
+    make_method: MakeMethod, batch: Batch, input_kind: str, normalization: str
+) -> None:
+    """∂L_meta/∂φ through θ′(g(w(φ))) in float64: a first-order shortcut (g detached) gives
+    0 and fails; so does any mistake in the virtual step's dependence on g."""
+    method, _ = make_method(L2W, hparams(input=input_kind, normalization=normalization))
+    method.double()
+    backbone = list(method.backbone.parameters())
+    optimizer = torch.optim.SGD(backbone, lr=0.5, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    x, y = batch(12)
+    x = x.double()
+    for p in backbone:  # one real step, so that every momentum buffer exists
+        p.grad = torch.randn_like(p) * 0.1
+    optimizer.step()
+    train, meta = (x[:6], y[:6]), (x[6:], y[6:])
+    phi = list(method.weight_net.parameters())
+    analytic = torch.autograd.grad(method.meta_objective(train, meta, optimizer), phi)
+
+    generator = torch.Generator().manual_seed(1)
+    direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in phi]
+    expected = sum(float((a * d).sum()) for a, d in zip(analytic, direction, strict=True))
+    start, h = [p.detach().clone() for p in phi], 1e-6
+    values = []
+    for sign in (1.0, -1.0):
+        _set_phi(phi, [p + sign * h * d for p, d in zip(start, direction, strict=True)])
+        values.append(float(method.meta_objective(train, meta, optimizer)))
+    _set_phi(phi, start)
+    central = (values[0] - values[1]) / (2 * h)
+    assert abs(expected) > 1e-6, "the meta-gradient vanished: is the path through g cut?"
+    assert abs(central - expected) / abs(expected) < 1e-4, (central, expected)
+
+
+# --------------------------------------------------------------------------- virtual step
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] = {
+    "sgd": lambda g: torch.optim.SGD(g, lr=0.3, momentum=0.9, weight_decay=1e-4),
+    "sgd_nesterov": lambda g: torch.optim.SGD(
+        g, lr=0.3, momentum=0.9, nesterov=True, weight_decay=5e-4
+    ),
+    "sgd_dampening": lambda g: torch.optim.SGD(
+        g, lr=0.3, momentum=0.8, dampening=0.3, weight_decay=1e-4
+    ),
+    "sgd_no_momentum": lambda g: torch.optim.SGD(g, lr=0.3, weight_decay=1e-4),
+    "adamw": lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.05, eps=1e-8),
+    "adam_l2": lambda g: torch.optim.Adam(g, lr=1e-2, weight_decay=1e-3),
+}
+
+
+def _state_copy(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return copy.deepcopy(optimizer.state_dict())
+
+
+def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    for key in a["state"]:
+        for name, value in a["state"][key].items():
+            other = b["state"][key][name]
+            if not (torch.equal(value, other) if torch.is_tensor(value) else value == other):
+                return False
+    return a["state"].keys() == b["state"].keys() and a["param_groups"] == b["param_groups"]
+
+
+@pytest.mark.parametrize("warm_steps", [0, 2], ids=["first_step", "with_state"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_virtual_step_equals_the_real_step(name: str, warm_steps: int) -> None:
+    """Two groups (the second without weight decay, as `decay_matrices_only`), a parameter
+    without a gradient, an lr changed by the schedule since the last step."""
+    params = [nn.Parameter(torch.randn(*shape)) for shape in ((4, 3), (2, 3, 3, 3), (4,), (5,))]
+    groups = [
+        {"params": params[:2]},
+        {"params": params[2:], "weight_decay": 0.0},
+    ]
+    optimizer = OPTIMIZERS[name](groups)
+    for _ in range(warm_steps):
+        for p in params[:3]:
+            p.grad = torch.randn_like(p)
+        optimizer.step()
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.7  # what OptimizerSlot.set_lr does before the step
+    grads: list[torch.Tensor | None] = [torch.randn_like(p) for p in params[:3]] + [None]
+    state = _state_copy(optimizer)
+
+    virtual = virtual_step(optimizer, params, grads)
+    assert _same_state(state, optimizer.state_dict()), "the virtual step wrote the state"
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    optimizer.step()
+    for got, p in zip(virtual, params, strict=True):
+        torch.testing.assert_close(got, p.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd_nesterov"])
+def test_virtual_step_is_differentiable_in_the_gradient_even_where_it_is_zero(
+    name: str,
+) -> None:
+    """A fresh Adam state and a zero gradient entry: √v at v = 0 must not give NaN."""
+    param = nn.Parameter(torch.randn(6))
+    optimizer = OPTIMIZERS[name]([{"params": [param]}])
+    grad = torch.tensor([0.0, 1.0, -2.0, 0.0, 0.5, 3.0], requires_grad=True)
+    (updated,) = virtual_step(optimizer, [param], [grad])
+    (d_grad,) = torch.autograd.grad(updated.sum(), grad)
+    assert torch.isfinite(d_grad).all()
+    assert (d_grad[[1, 2, 4, 5]] != 0).all()
+
+
+# --------------------------------------------------------------------------- budgeted exits
+
+
+#: Confidences (samples × exits) with ties at both thresholds; the comments give the exits.
+TIED = torch.tensor(
+    [
+        [0.9, 0.95, 0.5],  # exit 1: the top 3 are 0.9, 0.8, 0.8, so T_1 = 0.8 ...
+        [0.8, 0.95, 0.5],  # ... and every 0.8 leaves: 4 samples instead of n_1 = 3
+        [0.8, 0.95, 0.5],
+        [0.8, 0.95, 0.5],  # their 0.95 at exit 2 must not count: they have left
+        [0.3, 0.6, 0.5],  # exit 2 ranks the 4 left: 0.6, 0.6, 0.6, 0.4; n_2 = 2, T_2 = 0.6
+        [0.2, 0.6, 0.5],  # ... so three leave at exit 2
+        [0.1, 0.6, 0.5],
+        [0.5, 0.4, 0.5],  # the last one leaves at exit 3
+    ],
+    dtype=torch.float64,
+)
+
+
+def test_meta_exits_are_the_protocols_at_the_target_proportions_with_ties() -> None:
+    proportions = protocol.exit_proportions(15 / 20, 3)  # q = 0.75, the default target
+    counts = exit_counts(8, proportions)
+    # prop = 0.75^k / Σ: 0.432, 0.324, 0.243 of 8 samples, floored.
+    assert counts == [3, 2, 1]
+    exits = budgeted_exits(TIED, counts)
+    assert exits.tolist() == [0, 0, 0, 0, 1, 1, 1, 2]
+    scores = TIED.T.numpy()
+    thresholds = protocol.fit_thresholds_reference(scores, proportions[None])
+    assert protocol.assign_exits_reference(scores, thresholds)[0].tolist() == exits.tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_meta_exits_agree_with_the_protocol_loop_on_random_ties(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    num_exits, n = int(rng.integers(2, 6)), int(rng.integers(5, 40))
+    scores = rng.integers(0, 6, size=(num_exits, n)) / 5.0  # few values: many ties
+    for p in (1, 7, 15, 20, 33):
+        proportions = protocol.exit_proportions(p / 20, num_exits)
+        thresholds = protocol.fit_thresholds_reference(scores, proportions[None])
+        expected = protocol.assign_exits_reference(scores, thresholds)[0]
+        got = budgeted_exits(torch.from_numpy(scores.T.copy()), exit_counts(n, proportions))
+        assert got.tolist() == expected.tolist(), (seed, p)
+
+
+def test_meta_loss_is_the_mean_ce_of_each_exits_samples_summed_over_exits() -> None:
+    ce = torch.arange(24, dtype=torch.float64).reshape(8, 3) / 10
+    exits = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
+    expected = ce[:4, 0].mean() + ce[4:7, 1].mean() + ce[7, 2]
+    torch.testing.assert_close(budgeted_loss(ce, exits), expected)
+    no_middle = torch.tensor([0, 0, 2, 2, 2, 2, 2, 2])  # an exit without samples adds nothing
+    torch.testing.assert_close(budgeted_loss(ce, no_middle), ce[:2, 0].mean() + ce[2:, 2].mean())
+
+
+def test_target_proportions_are_the_protocols_at_the_target_index(make_method: MakeMethod) -> None:
+    method, _ = make_method(L2W, hparams(target_p_index=7))
+    np.testing.assert_array_equal(method.proportions, protocol.exit_proportions(0.35, 3))
+    method, _ = make_method(L2W, hparams())
+    np.testing.assert_array_equal(method.proportions, protocol.exit_proportions(0.75, 3))
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def test_meta_step_leaves_the_real_model_bit_identical(
+    make_method: MakeMethod, batch: Batch
+) -> None:
+    method, engine = make_method(L2W, hparams())
+    x, y = batch(8)
+    method.training_step(x, y, 0, engine)  # non-trivial BN statistics and weights
+    before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
+    phi = [p.detach().clone() for p in method.weight_net.parameters()]
+    steps = engine.steps["weight_net"]
+
+    loss = method.meta_step((x[:4], y[:4]), (x[4:], y[4:]), engine)
+
+    assert math.isfinite(float(loss))
+    after = method.backbone.state_dict()
+    assert after.keys() == before.keys()
+    for key, value in after.items():  # parameters, running stats and num_batches_tracked
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in method.backbone.parameters())
+    assert engine.steps["weight_net"] == steps + 1
+    moved = [not torch.equal(p, q) for p, q in zip(method.weight_net.parameters(), phi, strict=True)]
+    assert any(moved), "φ did not move"
+
+
+def test_backbone_step_weights_ce_with_the_current_wpn_as_constants(
+    make_method: MakeMethod, batch: Batch
+) -> None:
+    method, engine = make_method(L2W, hparams())
+    x, y = batch(6)
+    method.backbone.train()
+    logits = method.backbone(x)
+    ce = exit_losses(logits, y)
+    w = method.sample_weights(ce, logits).detach()
+    expected = weighted_loss(w, ce)
+    params = list(method.backbone.parameters())
+    expected_grads = torch.autograd.grad(expected, params)
+    seen: dict[str, Any] = {}
+
+    def record(handle: Any) -> None:
+        seen["grads"] = [p.grad.clone() for p in params]
+        seen["phi_grads"] = [p.grad for p in method.weight_net.parameters()]
+
+    engine.on_backward = record
+    step = method.theta_step(x, y, engine)
+    torch.testing.assert_close(step.loss, expected.detach())
+    torch.testing.assert_close(step.w, w)
+    for got, want in zip(seen["grads"], expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    assert all(g is None for g in seen["phi_grads"]), "the backbone step reached φ"
+
+
+@pytest.mark.parametrize(("normalization", "dim"), [("col", 1), ("row", 0), ("mat", None)])
+def test_weights_average_one_along_the_normalised_dimension(
+    normalization: str, dim: int | None
+) -> None:
+    epsilon = 0.8
+    net = WeightNet(
+        4, input_kind="loss", hidden=8, num_layers=2, epsilon=epsilon, normalization=normalization
+    )
+    w = net(torch.rand(5, 4) * 3)
+    mean = w.mean() if dim is None else w.mean(dim=dim)
+    torch.testing.assert_close(mean, torch.ones_like(mean))
+    assert ((w > 1 - 2 * epsilon) & (w < 1 + 2 * epsilon)).all()
+
+
+def test_meta_steps_follow_the_interval_and_are_counted(
+    make_method: MakeMethod, batch: Batch
+) -> None:
+    method, engine = make_method(L2W, hparams(meta_interval=3))
+    x, y = batch(8)
+    counted = [method.training_step(x, y, step, engine).counts["meta_steps"] for step in range(4)]
+    assert counted == [2.0, 0.0, 0.0, 2.0]
+    assert engine.steps["weight_net"] == 4 and engine.steps["backbone"] == 8
+    out = method.training_step(x, y, 6, engine)
+    assert set(out.metrics) == {
+        *(f"{name}{k}" for name in ("w_exit", "ce_exit") for k in (1, 2, 3)),
+        "w_std",
+        "w_min",
+    }
+    assert out.counts["meta_loss_sum"] > 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"normalization": "rows"},
+        {"input": "logits"},
+        {"meta_interval": 0},
+        {"target_p_index": 40},
+        {"epsilon": -0.1},
+        {"meta_optimizer": "sgd"},
+    ],
+)
+def test_bad_hyperparameters_are_named(make_method: MakeMethod, bad: dict[str, Any]) -> None:
+    with pytest.raises(HyperparameterError, match=f"l2w: {next(iter(bad))}"):
+        make_method(L2W, hparams(**bad))
+
+
+def test_imagenet_defaults_are_the_readmes() -> None:
+    resolved = L2W.resolve_hparams("imagenet")
+    assert (resolved["epsilon"], resolved["normalization"], resolved["meta_interval"]) == (
+        0.3,
+        "mat",
+        100,
+    )
+    cifar = L2W.resolve_hparams("cifar")
+    assert (cifar["epsilon"], cifar["normalization"], cifar["meta_interval"]) == (0.8, "col", 1)
+    assert (cifar["meta_lr"], cifar["meta_weight_decay"], cifar["hidden"]) == (1e-4, 1e-4, 500)
+    assert cifar["target_p_index"] == 15
+
+
+# --------------------------------------------------------------------------- real training
+
+
+SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 64}
+TRAIN_SUBSET, BATCH = 96, 32
+STEPS_PER_EPOCH = TRAIN_SUBSET // BATCH  # drop_last
+
+
+def make_run(**overrides: Any) -> dict[str, Any]:
+    """A tiny synthetic l2w run (the pattern of tests/pipelines/test_train.py)."""
+    recipe = RECIPES.get("fmnist").with_overrides(
+        {"epochs": 2, "batch_size": BATCH, "eval_batch_size": 64, **overrides.pop("recipe", {})}
+    )
+    run = {
+        "study": "test",
+        "dataset": "synthetic",
+        "data_root": "data",
+        "split_seed": 0,
+        "backbone": "msdnet_fmnist",
+        "activation": "relu",
+        "method": "l2w",
+        "variant": "",
+        "seed": 0,
+        "recipe": recipe.to_dict(),
+        "hparams": L2W.resolve_hparams("synthetic", overrides.pop("hparams", {})),
+        "train_subset": TRAIN_SUBSET,
+        "init_from": None,
+        "source": None,
+        "device": "cpu",
+        "num_workers": 0,
+        "checkpoint_every_steps": 2,
+        "selection": "final",
+        "validate_each_epoch": False,
+        "features_subset": 64,
+        "synthetic": dict(SYNTHETIC),
+    }
+    run.update(overrides)
+    return run
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
+
+
+def _train_subprocess(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "eebench.pipelines.cli", "train", "--config", str(config)]
+    cmd += ["--run-dir", str(run_dir), "--split-dir", str(run_dir.parent / "splits")]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_after_first_checkpoint(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not ckpt.list_checkpoints(run_dir / "checkpoints"):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_run(tmp_path: Path) -> None:
+    """Killed after its first mid-epoch checkpoint, the run resumes to the same backbone,
+    WPN and train_log (Adam's state travels in the engine's slot)."""
+    torch.set_num_threads(1)
+    run = make_run()
+    reference = tmp_path / "reference"
+    train_run(run, reference, tmp_path / "splits")
+    killed = tmp_path / "killed"
+    write_yaml(tmp_path / "killed.yaml", run)
+    _kill_after_first_checkpoint(_train_subprocess(tmp_path / "killed.yaml", killed), killed)
+    assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
+    left = ckpt.list_checkpoints(killed / "checkpoints")
+    state = ckpt.load_torch(left[-1], ("position", "optimizers"))
+    assert state["position"]["batch"] > 0, "the first checkpoint is taken in mid-epoch"
+    assert state["optimizers"]["weight_net"]["state"], "Adam's state is in the checkpoint"
+    proc = _train_subprocess(tmp_path / "killed.yaml", killed)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr.decode()
+    expected, got = weights(reference), weights(killed)
+    assert expected.keys() == got.keys()
+    assert any(key.startswith("weight_net.") for key in expected)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    pd.testing.assert_frame_equal(
+        pd.read_csv(reference / "train_log.csv").drop(columns="seconds"),
+        pd.read_csv(killed / "train_log.csv").drop(columns="seconds"),
+    )
+
+
+RECIPE_CASES = {
+    "sgd": {},
+    "nesterov_smoothing": {"nesterov": True, "label_smoothing": 0.1},
+    "adamw_warmup": {
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "decay_matrices_only": True,
+        "warmup_epochs": 0.5,
+    },
+}
+
+
+@pytest.mark.parametrize("case", RECIPE_CASES)
+def test_one_epoch_trains_and_logs_the_metrics(tmp_path: Path, case: str) -> None:
+    torch.set_num_threads(1)
+    run = make_run(recipe={"epochs": 1, **RECIPE_CASES[case]}, checkpoint_every_steps=1000)
+    train_run(run, tmp_path / "run", tmp_path / "splits")
+    log = pd.read_csv(tmp_path / "run" / "train_log.csv")
+    exits = range(1, 5)  # msdnet_fmnist has 4 exits
+    columns = {f"w_exit{k}" for k in exits} | {f"ce_exit{k}" for k in exits}
+    assert columns | {"w_std", "w_min", "meta_steps", "meta_loss_sum", "train_loss"} <= set(
+        log.columns
+    )
+    row = log.iloc[-1]
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["meta_loss_sum"])
+    assert row["meta_steps"] == 2 * STEPS_PER_EPOCH
+    assert any(key.startswith("weight_net.") for key in weights(tmp_path / "run"))
+
+
+def test_wpn_optimizer_is_adam_in_an_engine_slot_on_a_cosine(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    lr, wd = 3e-4, 2e-4
+    built = Trainer(
+        make_run(hparams={"meta_lr": lr, "meta_weight_decay": wd}), tmp_path / "run", tmp_path
+    )
+    slot = built.engine.slots["weight_net"]
+    assert type(slot.optimizer) is torch.optim.Adam
+    params = [p for group in slot.optimizer.param_groups for p in group["params"]]
+    assert {id(p) for p in params} == {id(p) for p in built.method.weight_net.parameters()}
+    assert all(group["weight_decay"] == wd for group in slot.optimizer.param_groups)
+    total = 2 * STEPS_PER_EPOCH  # epochs × steps; cosine from lr to 0, no warm-up
+    for step in (0, total // 2, total):
+        expected = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+        assert slot.set_lr(step) == pytest.approx(expected)
+        assert slot.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    recipe_family = Trainer(
+        make_run(hparams={"meta_optimizer": "recipe"}), tmp_path / "other", tmp_path
+    )
+    assert type(recipe_family.engine.slots["weight_net"].optimizer) is torch.optim.SGD
