@@ -17,10 +17,9 @@ import torch
 from eebench.methods.joint_bilevel import JointBilevel
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.train import Trainer, train_run
-from eebench.recipes import RECIPES
+from tests.tiny_runs import tiny_run
 
 #: 4 classes on 28×28 images: msdnet_fmnist trains one epoch of 4 batches in about a second.
-SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 64}
 TRAIN_SUBSET, BATCH = 64, 16
 STEPS_PER_EPOCH = TRAIN_SUBSET // BATCH  # drop_last
 PHI_LR, PHI_MIN_LR, PHI_WD = 3e-3, 2e-4, 5e-4  # not the defaults, so a default cannot pass
@@ -28,9 +27,6 @@ PHI_LR, PHI_MIN_LR, PHI_WD = 3e-3, 2e-4, 5e-4  # not the defaults, so a default 
 
 def make_run(method: str = "standard", **overrides: Any) -> dict[str, Any]:
     """A tiny synthetic run config (the pattern of tests/pipelines/test_train.py)."""
-    recipe = RECIPES.get("fmnist").with_overrides(
-        {"epochs": 1, "batch_size": BATCH, "eval_batch_size": 64, **overrides.pop("recipe", {})}
-    )
     hparams = {}
     if method == "joint_bilevel":
         hparams = JointBilevel.resolve_hparams(
@@ -44,31 +40,15 @@ def make_run(method: str = "standard", **overrides: Any) -> dict[str, Any]:
                 **overrides.pop("hparams", {}),
             },
         )
-    run = {
-        "study": "test",
-        "dataset": "synthetic",
-        "data_root": "data",
-        "split_seed": 0,
-        "backbone": "msdnet_fmnist",
-        "activation": "relu",
-        "method": method,
-        "variant": "",
-        "seed": 0,
-        "recipe": recipe.to_dict(),
-        "hparams": hparams,
-        "train_subset": TRAIN_SUBSET,
-        "init_from": None,
-        "source": None,
-        "device": "cpu",
-        "num_workers": 0,
-        "checkpoint_every_steps": 1000,
-        "selection": "final",
-        "validate_each_epoch": False,
-        "features_subset": 64,
-        "synthetic": dict(SYNTHETIC),
-    }
-    run.update(overrides)
-    return run
+    return tiny_run(
+        recipe={"epochs": 1, "batch_size": BATCH, **overrides.pop("recipe", {})},
+        method=method,
+        hparams=hparams,
+        train_subset=TRAIN_SUBSET,
+        checkpoint_every_steps=1000,
+        validate_each_epoch=False,
+        **overrides,
+    )
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

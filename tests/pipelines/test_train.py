@@ -26,39 +26,7 @@ from eebench.pipelines.fingerprint import RunConfigChangedError, fingerprint
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.runs import build_method, make_loaders
 from eebench.pipelines.train import Trainer, train_run
-from eebench.recipes import RECIPES
-
-SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
-
-
-def make_run(**overrides: Any) -> dict[str, Any]:
-    recipe = RECIPES.get("fmnist").with_overrides(
-        {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, **overrides.pop("recipe", {})}
-    )
-    run = {
-        "study": "test",
-        "dataset": "synthetic",
-        "data_root": "data",
-        "split_seed": 0,
-        "backbone": "msdnet_fmnist",
-        "activation": "relu",
-        "method": "standard",
-        "variant": "",
-        "seed": 0,
-        "recipe": recipe.to_dict(),
-        "hparams": {},
-        "train_subset": None,
-        "init_from": None,
-        "source": None,
-        "device": "cpu",
-        "num_workers": 0,
-        "checkpoint_every_steps": 3,
-        "selection": "final",
-        "features_subset": 64,
-        "synthetic": dict(SYNTHETIC),
-    }
-    run.update(overrides)
-    return run
+from tests.tiny_runs import tiny_run as make_run
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

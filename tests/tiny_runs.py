@@ -1,0 +1,43 @@
+"""A resolved run config on the tiny synthetic dataset, for tests that train for real.
+
+Test modules cannot import each other here (`--import-mode=importlib`); they share this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eebench.recipes import RECIPES
+
+#: 4 classes of 28×28 images: msdnet_fmnist trains an epoch on them in about a second.
+SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 96}
+
+
+def tiny_run(recipe: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """`standard` on msdnet_fmnist, 2 epochs of batch 32 of the `fmnist` recipe; `recipe`
+    changes recipe fields, the other keywords change top-level keys."""
+    fields = {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, **(recipe or {})}
+    run = {
+        "study": "test",
+        "dataset": "synthetic",
+        "data_root": "data",
+        "split_seed": 0,
+        "backbone": "msdnet_fmnist",
+        "activation": "relu",
+        "method": "standard",
+        "variant": "",
+        "seed": 0,
+        "recipe": RECIPES.get("fmnist").with_overrides(fields).to_dict(),
+        "hparams": {},
+        "train_subset": None,
+        "init_from": None,
+        "source": None,
+        "device": "cpu",
+        "num_workers": 0,
+        "checkpoint_every_steps": 3,
+        "selection": "final",
+        "features_subset": 64,
+        "synthetic": dict(SYNTHETIC),
+    }
+    run.update(overrides)
+    return run
