@@ -67,8 +67,9 @@ def _set_phi(phi: list[nn.Parameter], values: list[torch.Tensor]) -> None:
 def test_meta_gradient_matches_central_differences(
     make_method: MakeMethod, batch: Batch, input_kind: str, normalization: str
 ) -> None:
-    """∂L_meta/∂φ through θ′(g(w(φ))) in float64: a first-order shortcut (g detached) gives
-    0 and fails; so does any mistake in the virtual step's dependence on g."""
+    """∂L_meta/∂φ through θ′(g(w(φ))) in float64, along a random direction. A first-order
+    shortcut (g detached) leaves L_meta without a path to φ and fails here; measured
+    relative errors are 1e-11 to 1e-9."""
     method, _ = make_method(L2W, hparams(input=input_kind, normalization=normalization))
     method.double()
     backbone = list(method.backbone.parameters())
@@ -89,7 +90,7 @@ def test_meta_gradient_matches_central_differences(
     values = []
     for sign in (1.0, -1.0):
         _set_phi(phi, [p + sign * h * d for p, d in zip(start, direction, strict=True)])
-        values.append(float(method.meta_objective(train, meta, optimizer)))
+        values.append(float(method.meta_objective(train, meta, optimizer).detach()))
     _set_phi(phi, start)
     central = (values[0] - values[1]) / (2 * h)
     assert abs(expected) > 1e-6, "the meta-gradient vanished: is the path through g cut?"
@@ -251,7 +252,9 @@ def test_meta_step_leaves_the_real_model_bit_identical(
         assert torch.equal(value, before[key]), key
     assert all(p.grad is None for p in method.backbone.parameters())
     assert engine.steps["weight_net"] == steps + 1
-    moved = [not torch.equal(p, q) for p, q in zip(method.weight_net.parameters(), phi, strict=True)]
+    moved = [
+        not torch.equal(p, q) for p, q in zip(method.weight_net.parameters(), phi, strict=True)
+    ]
     assert any(moved), "φ did not move"
 
 
@@ -301,9 +304,10 @@ def test_meta_steps_follow_the_interval_and_are_counted(
 ) -> None:
     method, engine = make_method(L2W, hparams(meta_interval=3))
     x, y = batch(8)
-    counted = [method.training_step(x, y, step, engine).counts["meta_steps"] for step in range(4)]
-    assert counted == [2.0, 0.0, 0.0, 2.0]
-    assert engine.steps["weight_net"] == 4 and engine.steps["backbone"] == 8
+    steps = [0, 1, 2, 3, 9, 10]  # 10 steps per epoch: step 10 is the next epoch's first
+    counted = [method.training_step(x, y, step, engine).counts["meta_steps"] for step in steps]
+    assert counted == [2.0, 0.0, 0.0, 2.0, 2.0, 2.0]
+    assert engine.steps["weight_net"] == 8 and engine.steps["backbone"] == 12
     out = method.training_step(x, y, 6, engine)
     assert set(out.metrics) == {
         *(f"{name}{k}" for name in ("w_exit", "ce_exit") for k in (1, 2, 3)),
@@ -346,7 +350,7 @@ def test_imagenet_defaults_are_the_readmes() -> None:
 
 
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 64}
-TRAIN_SUBSET, BATCH = 96, 32
+TRAIN_SUBSET, BATCH = 48, 16
 STEPS_PER_EPOCH = TRAIN_SUBSET // BATCH  # drop_last
 
 

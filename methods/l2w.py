@@ -1,0 +1,538 @@
+"""`l2w`: Learning to Weight Samples for dynamic early-exiting networks (Han et al., ECCV 2022).
+
+A weight-prediction network φ (WPN) reads each sample's per-exit losses and gives every
+(sample, exit) CE term a weight; the backbone θ minimises the weighted sum. φ is
+meta-learned so that the weighting helps budgeted inference: a virtual step θ′(φ) of the
+real optimiser on the weighted loss of one half of the batch, then the loss that budgeted
+inference at one target budget incurs on the other half, evaluated at θ′, is minimised
+over φ through the second-order path θ′ → g(φ) (shared/spec/methods.md §2). Inference is
+unchanged: every exit predicts with its own head, exits by max softmax (the defaults of
+`TrainMethod`), and the WPN is never run.
+
+Paper/code vs this file (shared/spec/methods.md §2; LeapLabTHU/L2W-DEN tools/main_cifar_DDP.py,
+tools/meta.py, models/weight_predict.py):
+- Follows the code: WPN Linear(K, 500) → ReLU → Linear(500, K) → tanh on detached per-exit
+  losses (or confidences, or both); w = 1 + ε(o − mean o) with the `col`/`row`/`mat` means,
+  no clipping; halves = the two chunks of the loader batch (the first gets the odd sample);
+  per batch meta(p1 → p2), θ-step on p1, meta(p2 → p1), θ-step on p2, meta steps every
+  `meta_interval` batches of an epoch (counted from each epoch's first); the virtual
+  forward runs in train mode (batch statistics) and its BN running statistics are thrown
+  away; θ is a constant in θ′ except through g (MW-Net style); φ by Adam with L2 weight
+  decay on a cosine to 0, no warm-up.
+- Differs, by design:
+  * Written functionally (`torch.func.functional_call` on detached copies of θ and cloned
+    buffers) instead of a fresh model copy per meta step; same numbers.
+  * The virtual step mirrors every parameter group of the real optimiser (its current lr,
+    momentum buffer, dampening, Nesterov, weight decay), and AdamW/Adam as well (recipes
+    with AdamW, e.g. paper_imagenet); the code reads SGD's group 0 only. Identical for the
+    code's single-group SGD.
+  * Exits of the meta loss: the budgeted protocol (shared/spec/protocol.md, step 2) on the
+    meta half, so samples that tie at a threshold all leave, as in evaluation; the code
+    takes exactly floor(n·q_k) samples in sort order. Identical unless confidences tie.
+  * Target proportions in float64 (pipelines.protocol) vs the code's float32, so floor(n·q_k)
+    could differ at an exact boundary.
+  * Soft targets (Mixup/CutMix, label smoothing) in every CE; the code has hard labels.
+  * A batch of one sample serves as both halves. No DDP: halves are per process batch.
+  * Under AMP the forwards use the recipe's autocast; with fp16 the second-order path is not
+    loss-scaled (bf16, the CUDA default, needs no scaling). `torch.compile`d backbones are
+    not supported by the meta step (double backward).
+  * `meta_optimizer: recipe` swaps Adam for the engine's optimizer of the recipe's family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from eebench.methods.base import (
+    TRAIN_FIGURES,
+    Display,
+    HyperparameterError,
+    OptimizerHandle,
+    StepEngine,
+    StepOutput,
+    TrainContext,
+    TrainMethod,
+    per_sample_cross_entropy,
+    register_train_method,
+)
+from eebench.pipelines.protocol import exit_proportions
+
+INPUTS: tuple[str, ...] = ("loss", "conf", "both")
+NORMALIZATIONS: tuple[str, ...] = ("col", "row", "mat")
+META_OPTIMIZERS: tuple[str, ...] = ("adam", "recipe")
+Autocast = Callable[[], AbstractContextManager[Any]]
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _upcast(z: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (autocast) in float32; float64 stays (the gradient tests)."""
+    return z.to(torch.promote_types(z.dtype, torch.float32))
+
+
+def exit_losses(logits: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-exit CE (B×K), for hard labels or soft targets."""
+    return torch.stack([per_sample_cross_entropy(_upcast(z), target) for z in logits], dim=1)
+
+
+def exit_confidences(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Max softmax per sample and exit (B×K), the protocol's exit score."""
+    return torch.stack([F.softmax(_upcast(z), dim=-1).amax(dim=-1) for z in logits], dim=1)
+
+
+def wpn_input(kind: str, ce: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """What the WPN reads, detached (the code feeds constants): CE, confidence or both."""
+    if kind == "loss":
+        return ce.detach()
+    conf = exit_confidences([z.detach() for z in logits])
+    return conf if kind == "conf" else torch.cat([ce.detach(), conf], dim=1)
+
+
+def centred(o: torch.Tensor, normalization: str) -> torch.Tensor:
+    """o minus its mean over exits per sample (`col`), over the batch per exit (`row`) or
+    over the whole matrix (`mat`), the code's constraint_dimension (spec §2)."""
+    if normalization == "col":
+        return o - o.mean(dim=1, keepdim=True)
+    if normalization == "row":
+        return o - o.mean(dim=0, keepdim=True)
+    return o - o.mean()
+
+
+def weighted_loss(w: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+    """Σ_k (1/|h|) Σ_i w_ik CE_ik, the backbone objective on a half h (spec §2)."""
+    return (w * ce).mean(dim=0).sum()
+
+
+class WeightNet(nn.Module):
+    """The WPN: Linear → ReLU → (num_layers−1)×[Linear → ReLU] → Linear(·, K) → tanh, then
+    w = 1 + ε(o − mean o). Weights lie in (1 − 2ε, 1 + 2ε): negative when ε > 0.5, as in
+    the code (no clipping)."""
+
+    def __init__(
+        self,
+        num_exits: int,
+        *,
+        input_kind: str,
+        hidden: int,
+        num_layers: int,
+        epsilon: float,
+        normalization: str,
+    ) -> None:
+        super().__init__()
+        width = 2 * num_exits if input_kind == "both" else num_exits
+        layers: list[nn.Module] = [nn.Linear(width, hidden), nn.ReLU()]
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(hidden, hidden), nn.ReLU()]
+        layers += [nn.Linear(hidden, num_exits), nn.Tanh()]
+        self.mlp = nn.Sequential(*layers)
+        self.epsilon = epsilon
+        self.normalization = normalization
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Weights B×K from WPN inputs B×K (or B×2K)."""
+        return 1.0 + self.epsilon * centred(self.mlp(inputs), self.normalization)
+
+
+# --------------------------------------------------------------------------- budgeted exits
+
+
+def exit_counts(n: int, proportions: np.ndarray) -> list[int]:
+    """n_k = floor(n·prop_k), with the float64 operations of `protocol.fit_thresholds`."""
+    return np.floor(n * np.asarray(proportions, dtype=np.float64)).astype(np.int64).tolist()
+
+
+def budgeted_exits(conf: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """Exit index (B,) of each sample under the budgeted protocol fitted on these scores.
+
+    shared/spec/protocol.md step 2 on the batch itself: for k < K−1 the threshold T_k is
+    the n_k-th largest score among samples not yet assigned (+inf when n_k = 0 or fewer
+    remain) and every such sample with conf_k ≥ T_k leaves at k (ties all go); the rest
+    leave at the last exit. On the device, without a host sync.
+    """
+    batch, num_exits = conf.shape
+    remaining = torch.ones(batch, dtype=torch.bool, device=conf.device)
+    exits = torch.full((batch,), num_exits - 1, dtype=torch.long, device=conf.device)
+    for k in range(num_exits - 1):
+        n_k = int(counts[k])
+        if n_k == 0:
+            continue
+        ranked = torch.where(remaining, conf[:, k], -torch.inf)
+        nth = ranked.topk(n_k).values[n_k - 1]
+        threshold = torch.where(remaining.sum() >= n_k, nth, torch.inf)
+        leave = remaining & (conf[:, k] >= threshold)
+        exits = exits.masked_fill(leave, k)
+        remaining = remaining & ~leave
+    return exits
+
+
+def budgeted_loss(ce: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
+    """Σ_k mean CE over the samples assigned to exit k; exits without samples add nothing
+    (the code skips them). `where`, not a product, so that an unselected CE never matters."""
+    chosen = exits[:, None] == torch.arange(ce.shape[1], device=ce.device)
+    totals = torch.where(chosen, ce, torch.zeros_like(ce)).sum(dim=0)
+    return (totals / chosen.sum(dim=0).clamp(min=1)).sum()
+
+
+# --------------------------------------------------------------------------- virtual step
+
+
+def _number(value: float | torch.Tensor) -> float:
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def _unsupported(group: dict[str, Any], flags: Sequence[str], name: str) -> None:
+    for flag in flags:
+        if group.get(flag):
+            raise ValueError(f"l2w: the virtual step does not mirror {name}({flag}=True)")
+
+
+def _sgd_step(
+    theta: torch.Tensor, grad: torch.Tensor, group: dict[str, Any], state: dict[str, Any]
+) -> torch.Tensor:
+    """torch.optim.SGD's update, op for op, differentiable in `grad`; the state is read only
+    (the first step, without a momentum buffer, takes the buffer = the gradient)."""
+    _unsupported(group, ("maximize",), "SGD")
+    weight_decay, momentum = group["weight_decay"], group["momentum"]
+    d = grad.add(theta, alpha=weight_decay) if weight_decay != 0 else grad
+    if momentum != 0:
+        buffer = state.get("momentum_buffer")
+        undamped = 1 - group["dampening"]
+        buffer = d if buffer is None else buffer.mul(momentum).add(d, alpha=undamped)
+        d = d.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+    return theta.add(d, alpha=-_number(group["lr"]))
+
+
+def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
+    """√v whose gradient is 0, not NaN, where v = 0 (a zero gradient on a fresh state)."""
+    positive = v > 0
+    root = torch.where(positive, v, torch.ones_like(v)).sqrt()
+    return torch.where(positive, root, torch.zeros_like(v))
+
+
+def _adam_step(
+    theta: torch.Tensor,
+    grad: torch.Tensor,
+    group: dict[str, Any],
+    state: dict[str, Any],
+    *,
+    decoupled_default: bool,
+) -> torch.Tensor:
+    """torch.optim.Adam/AdamW's update (single-tensor path), differentiable in `grad`;
+    decoupled weight decay for AdamW, L2 for Adam (the group's flag when it has one)."""
+    _unsupported(group, ("maximize", "amsgrad"), "Adam")
+    lr, weight_decay = _number(group["lr"]), group["weight_decay"]
+    beta1, beta2 = (_number(b) for b in group["betas"])
+    step = _number(state["step"]) + 1 if "step" in state else 1
+    if weight_decay != 0 and group.get("decoupled_weight_decay", decoupled_default):
+        theta = theta.mul(1 - lr * weight_decay)
+    elif weight_decay != 0:
+        grad = grad.add(theta, alpha=weight_decay)
+    if "exp_avg" in state:
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    else:
+        exp_avg = exp_avg_sq = torch.zeros_like(theta)
+    exp_avg = exp_avg.lerp(grad, 1 - beta1)
+    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    denom = (_safe_sqrt(exp_avg_sq) / bias_correction2_sqrt).add(group["eps"])
+    return theta.addcdiv(exp_avg, denom, value=-lr / (1 - beta1**step))
+
+
+Update = Callable[[torch.Tensor, torch.Tensor, dict[str, Any], dict[str, Any]], torch.Tensor]
+
+
+def _update_of(optimizer: torch.optim.Optimizer) -> Update:
+    """The differentiable update of the optimizer's family (the engine builds SGD or AdamW)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return _sgd_step
+    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        decoupled = isinstance(optimizer, torch.optim.AdamW)
+        return partial(_adam_step, decoupled_default=decoupled)
+    raise ValueError(f"l2w: no virtual step for {type(optimizer).__name__}; use SGD or AdamW")
+
+
+def virtual_step(
+    optimizer: torch.optim.Optimizer,
+    params: Sequence[nn.Parameter],
+    grads: Sequence[torch.Tensor | None],
+) -> list[torch.Tensor]:
+    """θ′ = what `optimizer.step()` would make of `params` given `grads`, as tensors that
+    depend on the grads' graph (spec §2 step 4). θ itself enters as a constant; the
+    optimizer's lr, groups and state are read, never written. A parameter without a
+    gradient, or outside the optimizer, stays as it is (the real step skips it)."""
+    update = _update_of(optimizer)
+    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    updated = []
+    for p, g in zip(params, grads, strict=True):
+        theta = p.detach()
+        if g is None or id(p) not in groups:
+            updated.append(theta)
+        else:
+            updated.append(update(theta, g, groups[id(p)], optimizer.state.get(p, {})))
+    return updated
+
+
+# --------------------------------------------------------------------------- method
+
+
+@dataclass
+class ThetaStep:
+    """A backbone step on one half, detached: its loss (0-d), logits, CE and weights (B×K)."""
+
+    loss: torch.Tensor
+    logits: list[torch.Tensor]
+    ce: torch.Tensor
+    w: torch.Tensor
+
+
+def _halves(x: torch.Tensor, target: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The code's chunk(2): the first half gets the odd sample; one sample is both halves."""
+    if x.shape[0] == 1:
+        return [(x, target), (x, target)]
+    cut = (x.shape[0] + 1) // 2
+    return [(x[:cut], target[:cut]), (x[cut:], target[cut:])]
+
+
+def _to_host(named: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """Every tensor's values as floats, in one device→host transfer (one CUDA sync)."""
+    flat = torch.cat([t.detach().float().reshape(-1) for t in named.values()]).tolist()
+    values, start = {}, 0
+    for name, t in named.items():
+        values[name] = flat[start : start + t.numel()]
+        start += t.numel()
+    return values
+
+
+@register_train_method
+class L2W(TrainMethod):
+    """Backbone trained on WPN-weighted per-exit CE; the WPN meta-learned for one budget.
+
+    Reported per step (epoch means in train_log.csv): `loss` (the weighted backbone loss,
+    mean of the two halves), `w_exit{k}` (mean weight of exit k), `w_std` and `w_min` (spread
+    and minimum of all weights; 1 and 0 spread = uniform weighting), `ce_exit{k}`. Counts
+    (epoch sums): `meta_steps`, and `meta_loss_sum` (the epoch's mean meta loss is
+    meta_loss_sum / meta_steps, also when meta steps skip iterations).
+    """
+
+    name: ClassVar[str] = "l2w"
+    display: ClassVar[Display] = Display("L2W", "#2ca02c", "s", figures=TRAIN_FIGURES)
+    hparams: ClassVar[dict[str, Any]] = {
+        "epsilon": 0.8,
+        "normalization": "col",
+        "input": "loss",
+        "hidden": 500,
+        "num_layers": 1,
+        "meta_interval": 1,
+        "target_p_index": 15,  # q = 15/20 = 0.75, the README's setting
+        "meta_lr": 1e-4,
+        "meta_min_lr": 0.0,
+        "meta_weight_decay": 1e-4,
+        "meta_optimizer": "adam",
+    }
+    # README settings (spec §2): CIFAR ε 0.8 col, meta every iteration; ImageNet ε 0.3 mat,
+    # meta every 100 iterations. Fashion-MNIST and synthetic data stand in for CIFAR.
+    hparams_by_family: ClassVar[dict[str, dict[str, Any]]] = {
+        "cifar": {},
+        "fmnist": {},
+        "synthetic": {},
+        "imagenet": {"epsilon": 0.3, "normalization": "mat", "meta_interval": 100},
+    }
+
+    def __init__(self, backbone: nn.Module, hparams: dict[str, Any], ctx: TrainContext) -> None:
+        super().__init__(backbone, hparams, ctx)
+        _check_hparams(hparams)
+        self.weight_net = WeightNet(
+            ctx.num_exits,
+            input_kind=hparams["input"],
+            hidden=hparams["hidden"],
+            num_layers=hparams["num_layers"],
+            epsilon=float(hparams["epsilon"]),
+            normalization=hparams["normalization"],
+        )
+        #: Target exit proportions of the meta objective (one budget, spec §2 step 5).
+        self.proportions = exit_proportions(hparams["target_p_index"] / 20, ctx.num_exits)
+        self._meta_handle: OptimizerHandle | None = None
+
+    # ------------------------------------------------------------------ engine hooks
+
+    def configure(self, engine: StepEngine) -> None:
+        """φ's optimizer in an engine slot (state checkpointed, cosine schedule, no warm-up).
+
+        The engine builds the recipe's family (SGD or AdamW); the code's Adam with L2 decay
+        replaces it in the same slot, which keeps its schedule and checkpointing.
+        """
+        handle = engine.add_optimizer(
+            "weight_net",
+            self.weight_net.parameters(),
+            lr=self.hp["meta_lr"],
+            min_lr=self.hp["meta_min_lr"],
+            weight_decay=self.hp["meta_weight_decay"],
+        )
+        if self.hp["meta_optimizer"] == "adam":
+            handle.optimizer = torch.optim.Adam(
+                self.weight_net.parameters(),
+                lr=self.hp["meta_lr"],
+                weight_decay=self.hp["meta_weight_decay"],
+            )
+        self._meta_handle = handle
+
+    # ------------------------------------------------------------------ weights
+
+    def sample_weights(self, ce: torch.Tensor, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """w (B×K) from the current WPN; differentiable in φ, the inputs are constants."""
+        return self.weight_net(wpn_input(self.hp["input"], ce, logits))
+
+    # ------------------------------------------------------------------ meta step
+
+    def virtual_parameters(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        buffers: dict[str, torch.Tensor],
+        autocast: Autocast = nullcontext,
+    ) -> dict[str, torch.Tensor]:
+        """θ′(φ) by name: the real optimizer's step on the WPN-weighted loss of (x, target)
+        (spec §2, meta steps 1–4).
+
+        θ enters as detached copies, the leaves of the inner gradient g, which keeps its
+        graph (create_graph): ∂θ′/∂φ runs through g(w(φ)), the second-order path. The
+        forward runs in train mode with `buffers` (clones: the real ones stay as they are).
+        """
+        named = list(self.backbone.named_parameters())
+        theta = [p.detach().requires_grad_() for _, p in named]
+        values = {name: t for (name, _), t in zip(named, theta, strict=True)}
+        with autocast():
+            logits = functional_call(self.backbone, {**values, **buffers}, x)
+        ce = exit_losses(logits, target)
+        inner = weighted_loss(self.sample_weights(ce, logits), ce)
+        grads = torch.autograd.grad(inner, theta, create_graph=True, allow_unused=True)
+        updated = virtual_step(optimizer, [p for _, p in named], grads)
+        return {name: t for (name, _), t in zip(named, updated, strict=True)}
+
+    def meta_objective(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        meta: tuple[torch.Tensor, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        autocast: Autocast = nullcontext,
+    ) -> torch.Tensor:
+        """L_meta(φ) with its graph to φ: budgeted inference at the target proportions,
+        imitated on the meta half with θ′ (spec §2, meta step 5). Both virtual forwards run
+        in train mode, like the code's fresh model copy, on cloned buffers."""
+        self.backbone.train()
+        buffers = {name: b.clone() for name, b in self.backbone.named_buffers()}
+        with torch.enable_grad():
+            theta_new = self.virtual_parameters(*train, optimizer, buffers, autocast)
+            x_meta, t_meta = meta
+            with autocast():
+                logits = functional_call(self.backbone, {**theta_new, **buffers}, x_meta)
+            with torch.no_grad():
+                counts = exit_counts(len(t_meta), self.proportions)
+                exits = budgeted_exits(exit_confidences(logits), counts)
+            return budgeted_loss(exit_losses(logits, t_meta), exits)
+
+    def meta_step(
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        meta: tuple[torch.Tensor, torch.Tensor],
+        engine: StepEngine,
+    ) -> torch.Tensor:
+        """One φ update from the meta objective, through the engine's φ slot; the meta
+        loss (0-d, detached)."""
+        if self._meta_handle is None:
+            raise RuntimeError("l2w: configure(engine) must run before training")
+        optimizer = engine.backbone_optimizer().optimizer
+        loss = self.meta_objective(train, meta, optimizer, engine.autocast)
+        engine.optimize(loss, self._meta_handle)
+        return loss.detach()
+
+    # ------------------------------------------------------------------ backbone step
+
+    def theta_step(self, x: torch.Tensor, target: torch.Tensor, engine: StepEngine) -> ThetaStep:
+        """The real backbone step: weighted CE with the current WPN's weights as constants."""
+        self.backbone.train()
+        with engine.autocast():
+            logits = self.backbone(x)
+        ce = exit_losses(logits, target)
+        with torch.no_grad():
+            w = self.sample_weights(ce, logits)
+        loss = weighted_loss(w, ce)
+        engine.optimize(loss)
+        return ThetaStep(loss.detach(), [z.detach() for z in logits], ce.detach(), w)
+
+    def training_step(
+        self, x: torch.Tensor, target: torch.Tensor, step: int, engine: StepEngine
+    ) -> StepOutput:
+        """The code's order: [meta(p1 → p2)], θ on p1, [meta(p2 → p1)], θ on p2; meta steps
+        where the batch index within the epoch is a multiple of `meta_interval` (the code's
+        `i % meta_interval`, i restarting every epoch)."""
+        first, second = _halves(x, target)
+        update_phi = (step % self.ctx.steps_per_epoch) % self.hp["meta_interval"] == 0
+        halves, meta_losses = [], []
+        for train, meta in ((first, second), (second, first)):
+            if update_phi:
+                meta_losses.append(self.meta_step(train, meta, engine))
+            halves.append(self.theta_step(*train, engine))
+        return self._report(halves, meta_losses, target)
+
+    def _report(
+        self, halves: list[ThetaStep], meta_losses: list[torch.Tensor], target: torch.Tensor
+    ) -> StepOutput:
+        """Batch-level output, one host transfer; `[:batch]` drops a duplicated sample."""
+        batch = target.shape[0]
+        logits = [torch.cat(zs)[:batch] for zs in zip(*(h.logits for h in halves), strict=True)]
+        w = torch.cat([h.w for h in halves])[:batch]
+        ce = torch.cat([h.ce for h in halves])[:batch]
+        named = {
+            "loss": torch.stack([h.loss for h in halves]).mean()[None],
+            "w_exit": w.mean(dim=0),
+            "w_std": w.std(correction=0)[None],
+            "w_min": w.min()[None],
+            "ce_exit": ce.mean(dim=0),
+        }
+        if meta_losses:
+            named["meta_loss_sum"] = torch.stack(meta_losses).sum()[None]
+        values = _to_host(named)
+        metrics = {
+            f"{name}{k + 1}": value
+            for name in ("w_exit", "ce_exit")
+            for k, value in enumerate(values[name])
+        }
+        metrics.update(w_std=values["w_std"][0], w_min=values["w_min"][0])
+        counts = {
+            "meta_steps": float(len(meta_losses)),
+            "meta_loss_sum": values["meta_loss_sum"][0] if meta_losses else 0.0,
+        }
+        return StepOutput(
+            loss=values["loss"][0], logits=logits, targets=target, metrics=metrics, counts=counts
+        )
+
+
+def _check_hparams(hp: dict[str, Any]) -> None:
+    """Values the types alone do not rule out, named in one error."""
+    problems = []
+    choices = {"input": INPUTS, "normalization": NORMALIZATIONS, "meta_optimizer": META_OPTIMIZERS}
+    for key, allowed in choices.items():
+        if hp[key] not in allowed:
+            problems.append(f"{key} must be one of {', '.join(allowed)}, got {hp[key]!r}")
+    for key in ("hidden", "num_layers", "meta_interval"):
+        if hp[key] < 1:
+            problems.append(f"{key} must be >= 1, got {hp[key]}")
+    if not 1 <= hp["target_p_index"] <= 39:
+        problems.append(f"target_p_index must be in 1..39 (q = p/20), got {hp['target_p_index']}")
+    if hp["epsilon"] < 0:
+        problems.append(f"epsilon must be >= 0, got {hp['epsilon']}")
+    if problems:
+        raise HyperparameterError("l2w: " + "; ".join(problems))
