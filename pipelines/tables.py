@@ -9,7 +9,11 @@ every run that `expand_runs` lists and writes, under `<study dir>/tables/`:
   number of seeds per point (std is empty with one seed);
 - `runs.csv`: one row per run with what the captions and figures need (its hyperparameters
   as JSON, epochs, train subset, number of exits, cost of the last exit);
-- `paper_comparison.csv`: each row of the paper's reported numbers beside ours.
+- `paper_comparison.csv`: each row of the paper's reported numbers beside ours;
+- `calibration.csv`: per run and exit, test top-1, NLL and ECE of the run's predictive
+  (`pipelines/reliability.py`), with the `source` run a post-hoc run calibrated, so that
+  before (the source's rows) and after (the post-hoc run's) pair up;
+  `calibration_bins.csv`: the reliability bins behind each ECE (the reliability figure's).
 
 "Top-1 at a budget B" is read from a run's budgeted curve by linear interpolation in
 cost between the two neighbouring points, NaN outside the curve's cost range
@@ -44,7 +48,9 @@ from eebench.pipelines.config import (
 )
 from eebench.pipelines.fingerprint import differences, fingerprint, hashed_config
 from eebench.pipelines.io import write_csv
+from eebench.pipelines.outputs import OUTPUTS_FILE, read_outputs
 from eebench.pipelines.protocol import accuracy_at_budget
+from eebench.pipelines.reliability import BIN_COLUMNS, ece, nll, reliability_bins
 from eebench.reference import paper_reported_csv
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,10 @@ COLUMNS: dict[str, list[str]] = {
     "table1": ["dataset", "backbone", "features", "seed", "budget_mflops", "top1"],
 }
 RUN_INDEX_COLUMNS = [*RUN_KEYS, "hparams", "epochs", "train_subset", "exits", "last_mflops"]
+#: Columns of the calibration tables: `source` is the method[-variant] directory of the run a
+#: post-hoc run calibrated ('' for a trained run); top1 and ece in %, nll in nats.
+CALIBRATION_COLUMNS = [*RUN_KEYS, "source", "exit", "mflops", "top1", "nll", "ece"]
+CALIBRATION_BIN_COLUMNS = [*RUN_KEYS, "source", "exit", *BIN_COLUMNS]
 COMPARISON_COLUMNS = [
     *["dataset", "figure", "method", "backbone", "mode", "quantity", "budget_mflops"],
     *["paper_top1", "source", "ours_backbone", "ours_mflops", "ours_top1", "ours_top1_std"],
@@ -73,6 +83,8 @@ TABLE_FILES: tuple[str, ...] = (
     "anytime_summary.csv",
     "budgeted_summary.csv",
     "table1_summary.csv",
+    "calibration.csv",
+    "calibration_bins.csv",
 )
 
 #: Datasets the paper reports on; any other dataset is a stand-in.
@@ -143,7 +155,7 @@ class StudyResults:
 
 
 #: Text columns whose empty cells mean '' (e.g. the default variant), not a missing value.
-TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note", "hparams")
+TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note", "hparams", "source")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -377,6 +389,71 @@ def build_paper_comparison(results: StudyResults) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
+# --------------------------------------------------------------------------- calibration
+
+
+def source_of(config: dict[str, Any]) -> str:
+    """The method[-variant] directory of the run a post-hoc run calibrated, '' for others."""
+    source = config.get("source")
+    return RunSpec.from_path(source).method_dir if source else ""
+
+
+def _run_calibration(
+    run_dir: Path, ident: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
+    """One run's calibration rows and reliability bins, exit by exit, from its test logits."""
+    outputs = read_outputs(run_dir)
+    rows, bins = [], []
+    for k, logits in enumerate(outputs.test.logits):
+        table = reliability_bins(logits, outputs.test.labels)
+        correct = logits.argmax(axis=-1) == outputs.test.labels
+        rows.append(
+            {
+                **ident,
+                "exit": k + 1,
+                "mflops": float(outputs.flops[k]),
+                "top1": 100.0 * float(correct.mean()),
+                "nll": nll(logits, outputs.test.labels),
+                "ece": 100.0 * ece(table),
+            }
+        )
+        bins.append(table.assign(**ident, exit=k + 1))
+    return rows, bins
+
+
+def build_calibration(
+    results: StudyResults, results_root: str | Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibration rows and bins of every loaded run that has an outputs.npz (test split);
+    a run without one is left out with a warning (its curves may come from elsewhere)."""
+    root = Path(results_root)
+    rows: list[dict[str, Any]] = []
+    bins: list[pd.DataFrame] = []
+    missing = []
+    for _, run in results.runs.iterrows():
+        spec = run_spec(run)
+        run_dir = root / spec.path
+        if not (run_dir / OUTPUTS_FILE).is_file():
+            missing.append(spec.path)
+            continue
+        source = source_of(load_run_config(run_dir / "config.yaml"))
+        ident = {**{key: getattr(spec, key) for key in RUN_KEYS}, "source": source}
+        run_rows, run_bins = _run_calibration(run_dir, ident)
+        rows += run_rows
+        bins += run_bins
+    if missing:
+        log.warning(
+            "calibration tables: %d runs have no %s (e.g. %s); left out",
+            len(missing),
+            OUTPUTS_FILE,
+            missing[0],
+        )
+    return (
+        pd.DataFrame(rows, columns=CALIBRATION_COLUMNS),
+        _concat(bins, CALIBRATION_BIN_COLUMNS)[CALIBRATION_BIN_COLUMNS],
+    )
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -389,6 +466,7 @@ def build_tables(
     """
     results = load_results(study, results_root, allow_missing)
     table1 = build_table1(study, results)
+    calibration, calibration_bins = build_calibration(results, results_root)
     run_keys = RUN_KEYS[:4]
     frames = {
         "anytime.csv": results.anytime,
@@ -403,6 +481,8 @@ def build_tables(
         "table1_summary.csv": summarise(
             table1, ["dataset", "backbone", "features", "budget_mflops"], ["top1"]
         ),
+        "calibration.csv": calibration,
+        "calibration_bins.csv": calibration_bins,
     }
     out = Path(results_root) / "tables"
     paths = []

@@ -119,7 +119,7 @@ def budget_label(budget: float) -> str:
 @dataclass(frozen=True)
 class StudyTables:
     """What the figures read: the summaries (mean/std per point), the budgeted curves per
-    seed, the run index, the paper."""
+    seed, the run index, the paper, and the calibration tables (per seed)."""
 
     study: dict[str, Any]
     anytime: pd.DataFrame
@@ -128,6 +128,8 @@ class StudyTables:
     table1: pd.DataFrame
     runs: pd.DataFrame
     paper: pd.DataFrame
+    calibration: pd.DataFrame
+    calibration_bins: pd.DataFrame
 
     @property
     def datasets(self) -> list[str]:
@@ -163,6 +165,8 @@ def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
         table1=read_table(tables / "table1_summary.csv"),
         runs=read_table(tables / "runs.csv"),
         paper=paper_reported(),
+        calibration=read_table(tables / "calibration.csv"),
+        calibration_bins=read_table(tables / "calibration_bins.csv"),
     )
 
 

@@ -13,7 +13,11 @@ import pandas as pd
 import pytest
 
 from eebench.pipelines.config import ConfigError
+from eebench.pipelines.outputs import RunOutputs, SplitOutputs, write_outputs
+from eebench.pipelines.reliability import bin_index, ece, nll, reliability_bins
 from eebench.pipelines.tables import (
+    CALIBRATION_BIN_COLUMNS,
+    CALIBRATION_COLUMNS,
     COLUMNS,
     TABLE_FILES,
     build_tables,
@@ -156,3 +160,56 @@ def test_runs_made_under_another_config_never_reach_a_table(
     assert message.startswith("4 runs were made under another config than the study's now")
     assert "runs/cifar100/msdnet_cifar/standard/seed0 (recipe.lr: 0.1 -> 0.05)" in message
     assert "rerun the workflow" in message
+
+
+# --------------------------------------------------------------------------- calibration
+
+#: Two-class predictive of 5 test samples: confidences 0.9, 0.95, 0.7, 0.68, 0.5 fall in
+#: bins 13, 14, 10, 10, 7 of 15; accuracies 1, 0, (1 + 0)/2, 1 (a tie predicts class 0).
+HAND_PROBS = np.array([[0.9, 0.1], [0.95, 0.05], [0.3, 0.7], [0.68, 0.32], [0.5, 0.5]])
+HAND_LABELS = np.array([0, 1, 1, 1, 0])
+HAND_ECE = (abs(1 - 0.9) + abs(0 - 0.95) + 2 * abs(0.5 - 0.69) + abs(1 - 0.5)) / 5
+HAND_NLL = -np.mean(np.log([0.9, 0.05, 0.7, 0.32, 0.5]))
+
+
+def test_ece_nll_and_bins_of_a_hand_computed_case() -> None:
+    bins = reliability_bins(np.log(HAND_PROBS), HAND_LABELS)
+    assert len(bins) == 15 and bins["count"].sum() == 5
+    filled = bins[bins["count"] > 0].set_index("bin")
+    assert list(filled.index) == [7, 10, 13, 14]
+    assert filled.loc[10, "accuracy"] == 0.5
+    assert filled.loc[10, "confidence"] == pytest.approx(0.69)
+    assert bins["accuracy"].isna().sum() == 11  # empty bins
+    assert ece(bins) == pytest.approx(HAND_ECE)  # 0.386
+    assert nll(np.log(HAND_PROBS), HAND_LABELS) == pytest.approx(HAND_NLL)
+    # Bin b holds (b/15, (b+1)/15]: a confidence on an edge goes to the bin below.
+    edges = bin_index(np.array([0.2, 1.0, 1 / 15, 0.07, 0.0]))
+    assert edges.tolist() == [2, 14, 0, 1, 0]
+
+
+def test_calibration_table_reads_logits_and_log_probabilities_and_names_the_source(
+    make_study: Callable[..., dict[str, Any]], make_results: Callable[[dict[str, Any]], Path]
+) -> None:
+    study = make_study()
+    study["runs"].append({"method": "calibrated_dnn", "backbones": ["msdnet_cifar"]})
+    root = make_results(study)
+    runs = root / "runs/cifar100/msdnet_cifar"
+    split = SplitOutputs(np.log(HAND_PROBS)[None].astype(np.float32), HAND_LABELS)
+    # A trained run's raw logits (log p + 3: the same softmax), a post-hoc run's log p.
+    raw = SplitOutputs(split.logits + 3.0, HAND_LABELS)
+    write_outputs(runs / "standard/seed0", RunOutputs(raw, raw, np.array([10.0])))
+    write_outputs(runs / "calibrated_dnn/seed0", RunOutputs(split, split, np.array([10.5])))
+    build_tables(study, root)
+    table = read_table(root / "tables/calibration.csv")
+    assert list(table.columns) == CALIBRATION_COLUMNS
+    assert len(table) == 2  # the runs without an outputs.npz are left out
+    rows = table.set_index("method")
+    assert (
+        rows.loc["standard", "source"] == "" and rows.loc["calibrated_dnn", "source"] == "standard"
+    )
+    np.testing.assert_allclose(rows["ece"], 100 * HAND_ECE, rtol=1e-6)
+    np.testing.assert_allclose(rows["nll"], HAND_NLL, rtol=1e-6)
+    np.testing.assert_allclose(rows["top1"], 60.0)
+    assert rows.loc["calibrated_dnn", "mflops"] == 10.5
+    bins = read_table(root / "tables/calibration_bins.csv")
+    assert list(bins.columns) == CALIBRATION_BIN_COLUMNS and len(bins) == 2 * 15
