@@ -126,12 +126,12 @@ def fit_decisions(
 
 def budgeted_rows(outputs: RunOutputs, decisions: list[ExitDecision]) -> pd.DataFrame:
     """Test rows of every decision (columns rule, p, q, mflops, top1, exit_fractions),
-    one block per rule, in the order the decisions come."""
+    one block per rule and score read (a rule may read one score per operating point, e.g.
+    EENet's per-budget scores), in the order the decisions come."""
     blocks = []
     correct = outputs.test.correct
-    for rule in dict.fromkeys(d.rule for d in decisions):
-        chosen = [d for d in decisions if d.rule == rule]
-        score = chosen[0].score
+    for rule, score in dict.fromkeys((d.rule, d.score) for d in decisions):
+        chosen = [d for d in decisions if d.rule == rule and d.score == score]
         thresholds = np.array([d.thresholds for d in chosen])
         rows = protocol.thresholded_rows(
             outputs.test.score(score), correct, outputs.costs(score), thresholds
