@@ -125,8 +125,15 @@ def exit_costs(model: MultiExitNet) -> list[tuple[float, int]]:
 
 @functools.cache
 def registered_exit_costs(config_name: str, num_classes: int) -> tuple[tuple[float, int], ...]:
-    """`exit_costs` of a registered config, counted once per process."""
-    return tuple(exit_costs(create_model(config_name, num_classes)))
+    """`exit_costs` of a registered config, counted once per process.
+
+    The model it builds for counting draws its initial weights from a forked RNG: drawn
+    from the global one, the first call in a process (and only the first: it is cached)
+    would shift every random number after it, e.g. a gater's initial weights built after
+    the costs are read, so that two identical runs in one process would differ.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return tuple(exit_costs(create_model(config_name, num_classes)))
 
 
 def exit_mflops(config_name: str, num_classes: int) -> np.ndarray:

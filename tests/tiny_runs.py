@@ -5,8 +5,15 @@ Test modules cannot import each other here (`--import-mode=importlib`); they sha
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
+from eebench.pipelines import checkpoint as ckpt
 from eebench.recipes import RECIPES
 
 #: 4 classes of 28×28 images: msdnet_fmnist trains an epoch on them in about a second.
@@ -41,3 +48,22 @@ def tiny_run(recipe: dict[str, Any] | None = None, **overrides: Any) -> dict[str
     }
     run.update(overrides)
     return run
+
+
+def train_subprocess(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:
+    """`eebench train --config` in a process of its own (to be killed), one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "eebench.pipelines.cli", "train", "--config", str(config)]
+    cmd += ["--run-dir", str(run_dir), "--split-dir", str(run_dir.parent / "splits")]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_after_first_checkpoint(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
+    """SIGKILL the trainer as soon as its first checkpoint is on disk."""
+    deadline = time.monotonic() + 120
+    while not ckpt.list_checkpoints(run_dir / "checkpoints"):
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from eebench.backbones import create_model, list_models
 from eebench.backbones.flops import (
@@ -181,3 +182,13 @@ def test_flops_table_layout() -> None:
     assert len(table) == 2 * (4 + 4)
     row = table.query("config == 'ranet_fmnist' and num_classes == 100 and exit == 4").iloc[0]
     assert (round(row.mflops, 3), row.params) == expected("ranet_fmnist", 100)[3]
+
+
+def test_counting_costs_leaves_the_global_rng_alone() -> None:
+    """The first (uncached) count builds a model; its weights must not come from the global
+    RNG, or whatever a run draws after reading its costs would depend on the cache."""
+    registered_exit_costs.cache_clear()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    exit_mflops("ranet_fmnist", 7)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,7 +36,7 @@ from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines import protocol
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.train import Trainer, train_run
-from eebench.recipes import RECIPES
+from tests.tiny_runs import kill_after_first_checkpoint, tiny_run, train_subprocess
 
 MakeMethod = Callable[..., tuple[Any, Any]]
 Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -349,62 +344,24 @@ def test_imagenet_defaults_are_the_readmes() -> None:
 # --------------------------------------------------------------------------- real training
 
 
-SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 64, "n_test": 64}
 TRAIN_SUBSET, BATCH = 48, 16
 STEPS_PER_EPOCH = TRAIN_SUBSET // BATCH  # drop_last
 
 
 def make_run(**overrides: Any) -> dict[str, Any]:
-    """A tiny synthetic l2w run (the pattern of tests/pipelines/test_train.py)."""
-    recipe = RECIPES.get("fmnist").with_overrides(
-        {"epochs": 2, "batch_size": BATCH, "eval_batch_size": 64, **overrides.pop("recipe", {})}
+    """A tiny synthetic l2w run."""
+    settings = {"train_subset": TRAIN_SUBSET, "checkpoint_every_steps": 2, **overrides}
+    return tiny_run(
+        recipe={"batch_size": BATCH, **settings.pop("recipe", {})},
+        method="l2w",
+        hparams=L2W.resolve_hparams("synthetic", settings.pop("hparams", {})),
+        validate_each_epoch=False,
+        **settings,
     )
-    run = {
-        "study": "test",
-        "dataset": "synthetic",
-        "data_root": "data",
-        "split_seed": 0,
-        "backbone": "msdnet_fmnist",
-        "activation": "relu",
-        "method": "l2w",
-        "variant": "",
-        "seed": 0,
-        "recipe": recipe.to_dict(),
-        "hparams": L2W.resolve_hparams("synthetic", overrides.pop("hparams", {})),
-        "train_subset": TRAIN_SUBSET,
-        "init_from": None,
-        "source": None,
-        "device": "cpu",
-        "num_workers": 0,
-        "checkpoint_every_steps": 2,
-        "selection": "final",
-        "validate_each_epoch": False,
-        "features_subset": 64,
-        "synthetic": dict(SYNTHETIC),
-    }
-    run.update(overrides)
-    return run
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
-
-
-def _train_subprocess(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "eebench.pipelines.cli", "train", "--config", str(config)]
-    cmd += ["--run-dir", str(run_dir), "--split-dir", str(run_dir.parent / "splits")]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _kill_after_first_checkpoint(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not ckpt.list_checkpoints(run_dir / "checkpoints"):
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_run(tmp_path: Path) -> None:
@@ -416,13 +373,13 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_run(tmp_path: Path) -> No
     train_run(run, reference, tmp_path / "splits")
     killed = tmp_path / "killed"
     write_yaml(tmp_path / "killed.yaml", run)
-    _kill_after_first_checkpoint(_train_subprocess(tmp_path / "killed.yaml", killed), killed)
+    kill_after_first_checkpoint(train_subprocess(tmp_path / "killed.yaml", killed), killed)
     assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
     left = ckpt.list_checkpoints(killed / "checkpoints")
     state = ckpt.load_torch(left[-1], ("position", "optimizers"))
     assert state["position"]["batch"] > 0, "the first checkpoint is taken in mid-epoch"
     assert state["optimizers"]["weight_net"]["state"], "Adam's state is in the checkpoint"
-    proc = _train_subprocess(tmp_path / "killed.yaml", killed)
+    proc = train_subprocess(tmp_path / "killed.yaml", killed)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr.decode()
     expected, got = weights(reference), weights(killed)

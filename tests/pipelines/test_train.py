@@ -3,11 +3,6 @@ selection."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +21,7 @@ from eebench.pipelines.fingerprint import RunConfigChangedError, fingerprint
 from eebench.pipelines.io import write_yaml
 from eebench.pipelines.runs import build_method, make_loaders
 from eebench.pipelines.train import Trainer, train_run
+from tests.tiny_runs import kill_after_first_checkpoint, train_subprocess
 from tests.tiny_runs import tiny_run as make_run
 
 
@@ -105,23 +101,6 @@ def test_finished_run_is_not_retrained(trained: Path) -> None:
     assert (trained / "model.pt").stat().st_mtime_ns == before
 
 
-def _train_subprocess(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "eebench.pipelines.cli", "train", "--config", str(config)]
-    cmd += ["--run-dir", str(run_dir), "--split-dir", str(run_dir.parent / "splits")]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _kill_after_first_checkpoint(proc: subprocess.Popen[bytes], run_dir: Path) -> None:
-    deadline = time.monotonic() + 120
-    while not ckpt.list_checkpoints(run_dir / "checkpoints"):
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.parametrize("corrupt_newest", [False, True])
 def test_sigkill_mid_epoch_then_resume_gives_identical_run(
     tmp_path: Path, trained: Path, corrupt_newest: bool
@@ -132,7 +111,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_run(
     train_run(run, reference, tmp_path / "splits")
     killed = tmp_path / "killed"
     write_yaml(tmp_path / "killed.yaml", run)
-    _kill_after_first_checkpoint(_train_subprocess(tmp_path / "killed.yaml", killed), killed)
+    kill_after_first_checkpoint(train_subprocess(tmp_path / "killed.yaml", killed), killed)
     assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
     left = ckpt.list_checkpoints(killed / "checkpoints")
     position = ckpt.load_torch(left[-1], ckpt_keys())["position"]
@@ -142,7 +121,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_run(
             left[0].with_name("ckpt_999999999.pt").write_bytes(left[0].read_bytes()[:100])
         else:
             left[0].write_bytes(left[0].read_bytes()[:100])
-    proc = _train_subprocess(tmp_path / "killed.yaml", killed)
+    proc = train_subprocess(tmp_path / "killed.yaml", killed)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr.decode()
     if corrupt_newest:
