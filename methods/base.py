@@ -284,8 +284,10 @@ class StepEngine(Protocol):
         min_lr: float,
         weight_decay: float,
         warmup_epochs: float = 0.0,
+        family: str | None = None,
     ) -> OptimizerHandle:
-        """A new optimizer of the recipe's family with its own cosine schedule."""
+        """A new optimizer with its own cosine schedule: of the recipe's family, or of
+        `family` ("sgd", "adamw", "adam": Adam with L2 decay)."""
         ...
 
     def optimize(self, loss: torch.Tensor, handle: OptimizerHandle | None = None) -> None:

@@ -369,23 +369,16 @@ class L2W(TrainMethod):
     def configure(self, engine: StepEngine) -> None:
         """φ's optimizer in an engine slot (state checkpointed, cosine schedule, no warm-up).
 
-        The engine builds the recipe's family (SGD or AdamW); the code's Adam with L2 decay
-        replaces it in the same slot, which keeps its schedule and checkpointing.
+        The code's Adam with L2 decay, or (`meta_optimizer: recipe`) the recipe's family.
         """
-        handle = engine.add_optimizer(
+        self._meta_handle = engine.add_optimizer(
             "weight_net",
             self.weight_net.parameters(),
             lr=self.hp["meta_lr"],
             min_lr=self.hp["meta_min_lr"],
             weight_decay=self.hp["meta_weight_decay"],
+            family="adam" if self.hp["meta_optimizer"] == "adam" else None,
         )
-        if self.hp["meta_optimizer"] == "adam":
-            handle.optimizer = torch.optim.Adam(
-                self.weight_net.parameters(),
-                lr=self.hp["meta_lr"],
-                weight_decay=self.hp["meta_weight_decay"],
-            )
-        self._meta_handle = handle
 
     # ------------------------------------------------------------------ weights
 

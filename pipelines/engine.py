@@ -45,10 +45,20 @@ class OptimizerSlot:
         return lr
 
 
+#: Optimizer families a method may ask `add_optimizer` for (None: the recipe's own).
+FAMILIES = ("sgd", "adamw", "adam")
+
+
 def make_optimizer(
-    recipe: Recipe, params: list[nn.Parameter], lr: float, weight_decay: float, split_decay: bool
+    recipe: Recipe,
+    params: list[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    split_decay: bool,
+    family: str | None = None,
 ) -> torch.optim.Optimizer:
-    """SGD (momentum, optional Nesterov) or AdamW, as the recipe says."""
+    """SGD (the recipe's momentum and Nesterov), AdamW, or Adam with L2 decay: the recipe's
+    family unless `family` names another."""
     if split_decay:
         groups = [
             {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
@@ -56,9 +66,14 @@ def make_optimizer(
         ]
     else:
         groups = [{"params": params, "weight_decay": weight_decay}]
-    if recipe.optimizer == "sgd":
+    family = family or recipe.optimizer
+    if family == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
-    return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+    if family == "adam":
+        return torch.optim.Adam(groups, lr=lr, eps=1e-8)
+    if family == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+    raise ValueError(f"unknown optimizer family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
 class Engine:
@@ -119,6 +134,7 @@ class Engine:
         min_lr: float,
         weight_decay: float,
         warmup_epochs: float = 0.0,
+        family: str | None = None,
     ) -> OptimizerSlot:
         total = self.recipe.epochs * self.steps_per_epoch
         warmup = round(warmup_epochs * self.steps_per_epoch)
@@ -128,9 +144,8 @@ class Engine:
                 return lr * step / warmup
             return cosine(lr, min_lr, step - warmup, total - warmup)
 
-        slot = OptimizerSlot(
-            name, make_optimizer(self.recipe, list(params), lr, weight_decay, False), lr_fn
-        )
+        optimizer = make_optimizer(self.recipe, list(params), lr, weight_decay, False, family)
+        slot = OptimizerSlot(name, optimizer, lr_fn)
         self.slots[name] = slot
         return slot
 

@@ -154,12 +154,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self) -> Path:
-        """Train to the end (resuming if possible) and write model.pt."""
+    def fit(self, resume: tuple[Path, dict[str, Any]] | None = None) -> Path:
+        """Train to the end and write model.pt, from the start or from `resume`, a checkpoint
+        (path, state) that `train_run` has read and checked against the run's config."""
         start_epoch, start_batch, history, meter, best = 0, 0, [], EpochMeter(), {}
-        found = ckpt.load_latest_checkpoint(self.ckpt_dir, CHECKPOINT_KEYS)
-        if found is not None:
-            path, state = found
+        if resume is not None:
+            path, state = resume
             start_epoch, start_batch, history, meter, best = self._restore(state)
             log.info("resuming from %s (epoch %d, batch %d)", path.name, start_epoch, start_batch)
         every = int(self.run.get("checkpoint_every_steps", 500))
@@ -296,7 +296,7 @@ def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool
         if found is not None:  # before any data is loaded, and before config.yaml changes
             check_recorded(found[0], found[1], run, _restart_hint(run_dir))
         write_yaml(run_dir / "config.yaml", run)
-        return Trainer(run, run_dir, split_dir).fit()
+        return Trainer(run, run_dir, split_dir).fit(resume=found)
 
 
 def check_finished(model_path: Path, run: dict[str, Any]) -> None:

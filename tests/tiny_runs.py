@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.io import write_yaml
+from eebench.pipelines.train import train_run
 from eebench.recipes import RECIPES
 
 #: 4 classes of 28×28 images: msdnet_fmnist trains an epoch on them in about a second.
@@ -67,3 +69,14 @@ def kill_after_first_checkpoint(proc: subprocess.Popen[bytes], run_dir: Path) ->
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def reference_and_killed(run: dict[str, Any], tmp_path: Path) -> tuple[Path, Path, list[Path]]:
+    """`run` trained whole in `reference`, and again in `killed`, SIGKILLed after its first
+    checkpoint; returns both folders and the killed run's checkpoints, newest first."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    train_run(run, reference, tmp_path / "splits")
+    write_yaml(tmp_path / "killed.yaml", run)
+    kill_after_first_checkpoint(train_subprocess(tmp_path / "killed.yaml", killed), killed)
+    assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
+    return reference, killed, ckpt.list_checkpoints(killed / "checkpoints")

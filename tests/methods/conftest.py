@@ -155,6 +155,7 @@ class FakeEngine:
         min_lr: float,
         weight_decay: float,
         warmup_epochs: float = 0.0,
+        family: str | None = None,
     ) -> Handle:
         return Handle(name, torch.optim.SGD(list(params), lr=lr, weight_decay=weight_decay))
 

@@ -34,9 +34,8 @@ from eebench.methods.l2w import (
 )
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines import protocol
-from eebench.pipelines.io import write_yaml
 from eebench.pipelines.train import Trainer, train_run
-from tests.tiny_runs import kill_after_first_checkpoint, tiny_run, train_subprocess
+from tests.tiny_runs import reference_and_killed, tiny_run, train_subprocess
 
 MakeMethod = Callable[..., tuple[Any, Any]]
 Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -369,13 +368,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_run(tmp_path: Path) -> No
     WPN and train_log (Adam's state travels in the engine's slot)."""
     torch.set_num_threads(1)
     run = make_run()
-    reference = tmp_path / "reference"
-    train_run(run, reference, tmp_path / "splits")
-    killed = tmp_path / "killed"
-    write_yaml(tmp_path / "killed.yaml", run)
-    kill_after_first_checkpoint(train_subprocess(tmp_path / "killed.yaml", killed), killed)
-    assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
-    left = ckpt.list_checkpoints(killed / "checkpoints")
+    reference, killed, left = reference_and_killed(run, tmp_path)
     state = ckpt.load_torch(left[-1], ("position", "optimizers"))
     assert state["position"]["batch"] > 0, "the first checkpoint is taken in mid-epoch"
     assert state["optimizers"]["weight_net"]["state"], "Adam's state is in the checkpoint"

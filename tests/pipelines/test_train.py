@@ -15,13 +15,13 @@ from eebench.methods import TRAIN_METHODS
 from eebench.methods.standard import Standard
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.config import load_run_config
-from eebench.pipelines.engine import NonFiniteLossError
+from eebench.pipelines.engine import NonFiniteLossError, make_optimizer
 from eebench.pipelines.evaluate import collect, evaluate_run
 from eebench.pipelines.fingerprint import RunConfigChangedError, fingerprint
-from eebench.pipelines.io import write_yaml
 from eebench.pipelines.runs import build_method, make_loaders
 from eebench.pipelines.train import Trainer, train_run
-from tests.tiny_runs import kill_after_first_checkpoint, train_subprocess
+from eebench.recipes import RECIPES
+from tests.tiny_runs import reference_and_killed, train_subprocess
 from tests.tiny_runs import tiny_run as make_run
 
 
@@ -107,13 +107,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_run(
 ) -> None:
     """Killed after its first mid-epoch checkpoint, the run resumes to the same weights."""
     run = make_run(recipe={"epochs": 3})
-    reference = tmp_path / "reference"
-    train_run(run, reference, tmp_path / "splits")
-    killed = tmp_path / "killed"
-    write_yaml(tmp_path / "killed.yaml", run)
-    kill_after_first_checkpoint(train_subprocess(tmp_path / "killed.yaml", killed), killed)
-    assert not (killed / "model.pt").exists(), "the kill came too late to test anything"
-    left = ckpt.list_checkpoints(killed / "checkpoints")
+    reference, killed, left = reference_and_killed(run, tmp_path)
     position = ckpt.load_torch(left[-1], ckpt_keys())["position"]
     assert position["batch"] > 0, "the first checkpoint is taken in the middle of an epoch"
     if corrupt_newest:
@@ -279,3 +273,13 @@ def test_ema_weights_are_validated_and_saved(tmp_path: Path) -> None:
     val = collect(trainer.method, trainer.loaders.val.iterate(0), trainer.device, fast=True)
     logged = pd.read_csv(tmp_path / "run" / "train_log.csv").iloc[-1]
     assert [logged[f"val_top1_exit{k + 1}"] for k in range(4)] == val.top1()
+
+
+def test_an_optimizer_family_other_than_the_recipes_is_built_or_named() -> None:
+    recipe = RECIPES.get("fmnist")
+    params = [torch.nn.Parameter(torch.zeros(3, 2))]
+    assert type(make_optimizer(recipe, params, 0.1, 1e-4, False)) is torch.optim.SGD
+    adam = make_optimizer(recipe, params, 0.1, 1e-4, False, family="adam")
+    assert type(adam) is torch.optim.Adam and adam.param_groups[0]["weight_decay"] == 1e-4
+    with pytest.raises(ValueError, match="unknown optimizer family 'rmsprop'; choose one of sgd"):
+        make_optimizer(recipe, params, 0.1, 1e-4, False, family="rmsprop")
