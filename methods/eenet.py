@@ -61,13 +61,19 @@ Paper/code vs this file:
   p log p at p = 0 is 0 (xlogy; the code gets NaN).
 - Thresholds by the protocol's §0 rule: T_k = +∞ when π̄ leaves no sample to exit k, and
   every remaining sample at T_k exits (the code uses T_k = 1 and takes exactly n_k).
-- Logits σ(·) ∈ (0, 1) keep π from peaking (as released): π̄ cannot reach budgets near
-  C_1 or C_K, so those budgets land on the nearest reachable cost (with K = 7 exits every
-  π_k lies in [0.06, 0.31]).
-- Kept as released although it matters once bug 3 is fixed: Adam's L2 weight decay 1e-2
-  outweighs the α-weighted assignment gradients, so with lr 3e-5 π̄ stays near uniform
-  (implied costs within a few % of the mean C_k on 5k val samples); the code's
-  never-zeroed gradients grow with every step and outrun it.
+- Two released choices that stop the policy from following its budget once bug 3 is
+  fixed are off by default (`bounded_assignment`, `weight_decay`; the variant `released`
+  restores both):
+  * the final σ of the assignment MLP keeps r in (0, 1), so π never peaks and π̄ cannot
+    reach budgets near C_1 or C_K (with K = 7 exits every π_k lies in [0.06, 0.31]; with
+    K = 4, in [0.17, 0.48]): here r is the MLP's linear output;
+  * Adam's L2 weight decay 1e-2 outweighs the α-weighted assignment gradients at lr 3e-5,
+    so π̄ stays near uniform; in the released code the never-zeroed gradients (bug 3) grow
+    with every step and leave the decay negligible, so 0 is the closer reading.
+  Measured on the default study's MSDNet (seed 0, 6 budgets 2.56 … 12.36 MFLOPs): released
+  choices give implied costs 7.38 … 7.77 (5 of 6 budgets missed by > 10%); σ off only,
+  5.20 … 8.41 (5 missed); both off, 3.92, 4.62, 6.48, 8.44, 10.1, 10.98 (only the two end
+  budgets, which need every sample at one exit, missed).
 - `extra_mflops` counts the score function's linear map (C + 2 + k multiply-adds at exit
   k < K), not the softmax/max/entropy features it reads (like joint_bilevel's gater); the
   last exit's score is computed but never read (T_K = −∞), so it costs nothing.
@@ -174,17 +180,23 @@ def exit_score(params: ExitParams, x: Tensor, previous: Tensor) -> Tensor:
     return own + (params.score[:, None, d:] @ previous).squeeze(1)
 
 
-def exit_assignment(params: ExitParams, x: Tensor, previous: Tensor) -> Tensor:
-    """r_k ∈ (0, 1) (M × B) of every model: the assignment MLP on [x_k, s̃_<k]."""
+def exit_assignment(
+    params: ExitParams, x: Tensor, previous: Tensor, bounded: bool = False
+) -> Tensor:
+    """r_k (M × B) of every model: the assignment MLP on [x_k, s̃_<k]; in (0, 1) through a
+    final sigmoid when `bounded` (as released), else the MLP's linear output."""
     d = x.shape[-1]
     first = torch.matmul(params.w1[:, :, :d], x.T) + params.b1[..., None]  # M × H × B
     if previous.shape[1] > 0:
         first = torch.baddbmm(first, params.w1[:, :, d:], previous)
     hidden = torch.sigmoid(first)
-    return torch.sigmoid((params.w2[:, None, :] @ hidden).squeeze(1) + params.b2[:, None])
+    r = (params.w2[:, None, :] @ hidden).squeeze(1) + params.b2[:, None]
+    return torch.sigmoid(r) if bounded else r
 
 
-def forward_exits(exits: Sequence[ExitParams], xs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def forward_exits(
+    exits: Sequence[ExitParams], xs: Sequence[Tensor], bounded: bool = False
+) -> tuple[Tensor, Tensor]:
     """Unclamped scores and assignment outputs (K × M × B) over all exits; later exits read
     the earlier scores clamped and detached (§4; the same at inference, bug 8)."""
     num_models = exits[0].score.shape[0]
@@ -192,7 +204,7 @@ def forward_exits(exits: Sequence[ExitParams], xs: Sequence[Tensor]) -> tuple[Te
     scores, assigns = [], []
     for params, x in zip(exits, xs, strict=True):
         s = exit_score(params, x, previous)
-        assigns.append(exit_assignment(params, x, previous))
+        assigns.append(exit_assignment(params, x, previous, bounded))
         scores.append(s)
         previous = torch.cat([previous, s.detach().clamp(0.0, 1.0)[:, None, :]], dim=1)
     return torch.stack(scores), torch.stack(assigns)
@@ -233,9 +245,15 @@ class ModelBank(nn.Module):
     batched parameters, one seed per model."""
 
     def __init__(
-        self, seeds: Sequence[int], num_classes: int, num_exits: int, ratio: float
+        self,
+        seeds: Sequence[int],
+        num_classes: int,
+        num_exits: int,
+        ratio: float,
+        bounded: bool = False,
     ) -> None:
         super().__init__()
+        self.bounded = bounded
         per_model = []
         for seed in seeds:
             generator = torch.Generator().manual_seed(int(seed))
@@ -262,7 +280,7 @@ class ModelBank(nn.Module):
         return [p[f] for p in self.exit_params for f in ExitParams.FIELDS if f != "score"]
 
     def forward(self, xs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        return forward_exits(self.exits(), xs)
+        return forward_exits(self.exits(), xs, self.bounded)
 
 
 # --------------------------------------------------------------------------- losses
@@ -280,10 +298,9 @@ def binary_cross_entropy(scores: Tensor, correct: Tensor) -> Tensor:
 
 
 def softmax_exits(assign: Tensor) -> tuple[Tensor, Tensor]:
-    """π = softmax over exits (axis 0) of r ∈ (0, 1), and log π (r cannot overflow)."""
-    e = assign.exp()
-    total = e.sum(0, keepdim=True)
-    return e / total, assign - total.log()
+    """π = softmax over exits (axis 0) of r, and log π."""
+    log_pi = torch.log_softmax(assign, dim=0)
+    return log_pi.exp(), log_pi
 
 
 def bce_loss(scores: Tensor, correct: Tensor, pi: Tensor) -> Tensor:
@@ -545,7 +562,7 @@ class EENet(PostHocMethod):
     display: ClassVar[Display] = Display(
         "EENet", "#ff7f0e", "X", figures=POSTHOC_FIGURES, main_rule=RULE, rules=(RULE,)
     )
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"
     # The code's CIFAR inference params (config.py); restarts and the 10% tolerance of
     # dynamic_evaluate; patience and the 0.1 cost gate of fit_exit_assigner.
     hparams: ClassVar[dict[str, Any]] = {
@@ -554,7 +571,7 @@ class EENet(PostHocMethod):
         "epochs": 1000,
         "batch_size": 512,
         "lr": 3e-5,
-        "weight_decay": 1e-2,
+        "weight_decay": 0.0,
         "alpha_ce": 1e-3,
         "alpha_cost": 1e-2,
         "beta_ce": 1.0,
@@ -564,6 +581,11 @@ class EENet(PostHocMethod):
         "cost_gate": 0.1,
         "budget_tolerance": 0.1,
         "q_rule_score": True,
+        "bounded_assignment": False,
+    }
+    # The released code's choices that keep π̄ from following the budget (docstring).
+    variants: ClassVar[dict[str, dict[str, Any]]] = {
+        "released": {"hparams": {"weight_decay": 1e-2, "bounded_assignment": True}},
     }
     # Small CPU studies: fewer budgets (each one a fit of `restarts` models).
     hparams_by_family: ClassVar[dict[str, dict[str, Any]]] = {
@@ -623,7 +645,11 @@ class EENet(PostHocMethod):
         for start in range(0, len(specs), size):
             chunk = specs[start : start + size]
             bank = ModelBank(
-                [s.seed for s in chunk], num_classes, self.num_exits, self.hp["hidden_ratio"]
+                [s.seed for s in chunk],
+                num_classes,
+                self.num_exits,
+                self.hp["hidden_ratio"],
+                self.hp["bounded_assignment"],
             )
             targets = tuple(
                 torch.tensor([getattr(s, f) for s in chunk], dtype=torch.float32)
@@ -719,7 +745,7 @@ class EENet(PostHocMethod):
         kept = memory.get(PREVIOUS, x.new_zeros(x.shape[0], params.score.shape[0], 0))
         previous = kept.permute(1, 2, 0)
         s = exit_score(params, x, previous)
-        r = exit_assignment(params, x, previous)
+        r = exit_assignment(params, x, previous, self.hp["bounded_assignment"])
         memory[PREVIOUS] = torch.cat([kept, s.T.clamp(0.0, 1.0)[..., None]], dim=-1)
         scores = {**head.scores}
         for j in range(self.num_budgets):

@@ -280,7 +280,9 @@ def test_every_family_resolves_every_hyperparameter() -> None:
     for family in ("cifar", "imagenet", "fmnist", "synthetic"):
         hp = EENet.resolve_hparams(family)
         assert hp.keys() == EENet.hparams.keys()
-        assert hp["weight_decay"] == 1e-2 and hp["beta_ce"] == 1.0 and hp["period"] == 10
+        assert hp["weight_decay"] == 0.0 and hp["beta_ce"] == 1.0 and hp["period"] == 10
+    released = EENet.resolve_hparams("cifar", EENet.variant("released")["hparams"])
+    assert released["weight_decay"] == 1e-2 and released["bounded_assignment"]
     assert EENet.resolve_hparams("cifar")["num_budgets"] == 20
     assert EENet.resolve_hparams("fmnist")["num_budgets"] == 6
 
@@ -300,8 +302,8 @@ def fit_case() -> SimpleNamespace:
 
 
 def test_feasible_budgets_are_met_on_val_within_10_percent(fit_case: SimpleNamespace) -> None:
-    """Budgets 2 and 3 MFLOPs are within π's reach (σ logits: π̄ ∈ [1.85, 2.94] MFLOPs here);
-    the implied cost Σ_k π̄_k C_k and the val cost of the saved thresholds both meet them."""
+    """Budgets 2 and 3 MFLOPs (between the exits' costs 1, 2, 4): the implied cost
+    Σ_k π̄_k C_k and the val cost of the saved thresholds both meet them."""
     run = fit_case.run
     for j in (2, 3):
         budget = float(fit_case.method.budgets[j - 1])
@@ -312,6 +314,33 @@ def test_feasible_budgets_are_met_on_val_within_10_percent(fit_case: SimpleNames
         exits = protocol.assign_exits(scores, np.array([decision.thresholds]))[0]
         assert abs(run.costs(score_name(j))[exits].mean() - budget) / budget < 0.1
         np.testing.assert_array_equal(decision.thresholds, thresholds)
+
+
+#: π̄'s implied cost under σ-bounded r with K = 3: each π_k ∈ [1/(e+2), e/(e+2)].
+BOUNDED_MIN = (math.e * COSTS[0] + COSTS[1] + COSTS[2]) / (math.e + 2)
+BOUNDED_MAX = (COSTS[0] + COSTS[1] + math.e * COSTS[2]) / (math.e + 2)
+
+
+def implied_costs(method: EENet, outputs: RunOutputs) -> list[float]:
+    run = calibrated(method, outputs)
+    return [
+        float(
+            budget_thresholds(run.val.score(score_name(j)), run.val.score(assign_name(j)))[0]
+            @ COSTS
+        )
+        for j in range(1, method.num_budgets + 1)
+    ]
+
+
+def test_released_bounded_assignment_cannot_leave_its_range_the_default_can(
+    fit_case: SimpleNamespace,
+) -> None:
+    """The released σ on r caps π̄'s cost to [1.85, 2.94] MFLOPs here, whatever the budget;
+    the default linear r gets beyond it toward the first exit's cost (budget 1)."""
+    bounded = fitted(fit_case.outputs, num_budgets=4, restarts=1, bounded_assignment=True, **FAST)
+    for cost in implied_costs(bounded, fit_case.outputs):
+        assert BOUNDED_MIN - 1e-6 <= cost <= BOUNDED_MAX + 1e-6
+    assert implied_costs(fit_case.method, fit_case.outputs)[0] < BOUNDED_MIN
 
 
 def test_one_decision_per_budget_saved_and_read_back(
