@@ -51,6 +51,14 @@ def tiny_study(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_study(study: dict[str, Any], root: Path) -> Path:
     """Every run of the study through its stage, then the tables and figures; returns root."""
+    run_stages(study, root)
+    build_tables(study, root)
+    build_figures(study, root)
+    return root
+
+
+def run_stages(study: dict[str, Any], root: Path) -> Path:
+    """Every run of the study through its stage (train and evaluate, or calibrate)."""
     torch.set_num_threads(1)
     splits = root / "splits"
     for spec in expand_runs(study):
@@ -61,8 +69,6 @@ def run_study(study: dict[str, Any], root: Path) -> Path:
             evaluate_run(run, run_dir, splits)
         else:
             calibrate_run(run, run_dir)
-    build_tables(study, root)
-    build_figures(study, root)
     return root
 
 
@@ -74,5 +80,8 @@ def rows_of(root: Path, table: str, method: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def extension_kit() -> SimpleNamespace:
-    """tiny_study(runs), run_study(study, root) and rows_of(root, table, method)."""
-    return SimpleNamespace(tiny_study=tiny_study, run_study=run_study, rows_of=rows_of)
+    """tiny_study(runs), run_study(study, root), run_stages(study, root) and
+    rows_of(root, table, method)."""
+    return SimpleNamespace(
+        tiny_study=tiny_study, run_study=run_study, run_stages=run_stages, rows_of=rows_of
+    )

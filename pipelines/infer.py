@@ -1,0 +1,327 @@
+"""Real early exit: a trained (or post-hoc) run deployed with one saved exit decision.
+
+The backbone runs stage by stage through the run's method hooks (`methods/inference.py`,
+the path evaluation takes too); after each exit the samples whose score reaches that
+exit's threshold leave the batch, so later stages compute only for the samples left.
+Predictions and exits are those of the simulated budgeted protocol at the same decision
+(a test checks them sample by sample); what this adds is the measured time.
+
+Two timing modes: `batch` (throughput over a split, in batches of the recipe's eval size)
+and `stream` (one sample at a time: latency percentiles). Each mode also times running
+every exit, so the measured speed-up sits beside the one FLOPs predict. Warm-up batches
+are run first and never timed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from eebench.methods import POSTHOC_METHODS, method_kind
+from eebench.methods.base import ExitHook, TrainMethod
+from eebench.methods.inference import ExitByExit
+from eebench.pipelines import protocol
+from eebench.pipelines.config import load_run_config
+from eebench.pipelines.evaluate import inference_copy
+from eebench.pipelines.outputs import ExitDecision, RunOutputs, read_decisions, read_outputs
+
+log = logging.getLogger(__name__)
+
+MODES = ("batch", "stream")
+#: Untimed batches (or samples, in stream mode) before timing starts.
+WARMUP = 3
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Deployed:
+    """A run ready for early exit: its exit-by-exit runner, saved decisions and costs."""
+
+    run: dict[str, Any]
+    runner: ExitByExit
+    decisions: list[ExitDecision]
+    outputs: RunOutputs
+    device: torch.device
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last
+
+
+def _trained_method(run: dict[str, Any], run_dir: Path, device: torch.device) -> TrainMethod:
+    """The run's train-time method with its trained state, in eval mode."""
+    from eebench.pipelines.datasets import get_dataset_info
+    from eebench.pipelines.runs import build_method, trained_state
+
+    info = get_dataset_info(run["dataset"])
+    method = build_method(run, info.num_classes, info.family, 1, device)
+    method.load_state_dict(trained_state(run_dir, run))
+    return method.eval()
+
+
+def _posthoc_hook(run: dict[str, Any], run_dir: Path, num_exits: int) -> ExitHook:
+    """A post-hoc run's fitted method (its model.pt), applied after its source's hooks."""
+    from eebench.pipelines import checkpoint as ckpt
+    from eebench.pipelines.fingerprint import check_recorded
+
+    path = run_dir / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `eebench calibrate` on {run_dir}")
+    payload = ckpt.load_torch(path, ("method",))
+    check_recorded(path, payload, run, "fit it again (`eebench calibrate`)")
+    method = POSTHOC_METHODS.get(run["method"])(run["hparams"], num_exits, seed=run["seed"])
+    method.load_fitted(payload["method"])
+    return method.eval()
+
+
+def deploy(run_dir: Path, device: torch.device) -> Deployed:
+    """Load a finished run (trained or post-hoc) for real early exit on `device`."""
+    from eebench.pipelines.runs import resolve_device
+
+    run_dir = Path(run_dir)
+    run = load_run_config(run_dir / "config.yaml")
+    decisions = read_decisions(run_dir)  # checked first: a missing file is a quick error
+    outputs = read_outputs(run_dir)
+    posthoc = method_kind(run["method"]) == "posthoc"
+    source_dir = Path(run["source"]) if posthoc else run_dir
+    source = load_run_config(source_dir / "config.yaml") if posthoc else run
+    device = resolve_device(str(device))
+    method = _trained_method(source, source_dir, device)
+    hooks: list[ExitHook] = [method]
+    if posthoc:
+        hooks.append(_posthoc_hook(run, run_dir, method.backbone.num_exits).to(device))
+    runner = ExitByExit(inference_copy(method.backbone), hooks)
+    return Deployed(run, runner, decisions, outputs, device)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def val_cost(outputs: RunOutputs, decision: ExitDecision) -> float:
+    """Mean MFLOPs per val sample under the decision (the cost it was fitted to spend)."""
+    exits = protocol.assign_exits(
+        outputs.val.score(decision.score), np.array([decision.thresholds])
+    )
+    return float(outputs.costs(decision.score)[exits[0]].mean())
+
+
+def choose_decision(
+    deployed: Deployed, rule: str, point: int | None = None, budget: float | None = None
+) -> ExitDecision:
+    """The saved decision of `rule` at budget index `point`, or the costliest one whose val
+    cost stays within `budget` MFLOPs."""
+    of_rule = [d for d in deployed.decisions if d.rule == rule]
+    if not of_rule:
+        known = sorted({d.rule for d in deployed.decisions})
+        raise ValueError(f"the run saved no decision of exit rule {rule!r}; it has: {known}")
+    if point is not None:
+        for decision in of_rule:
+            if decision.point == point:
+                return decision
+        points = [d.point for d in of_rule]
+        raise ValueError(f"exit rule {rule!r} has no point {point}; saved points: {points}")
+    if budget is None:
+        raise ValueError("give a budget index (--p) or a budget in MFLOPs (--budget)")
+    costs = [val_cost(deployed.outputs, d) for d in of_rule]
+    within = [i for i, cost in enumerate(costs) if cost <= budget]
+    if not within:
+        raise ValueError(
+            f"no decision of {rule!r} fits {budget} MFLOPs: the cheapest spends "
+            f"{min(costs):.3f} MFLOPs per val sample; raise the budget"
+        )
+    return of_rule[max(within, key=lambda i: costs[i])]
+
+
+# --------------------------------------------------------------------------- early exit
+
+
+def early_exit(runner: ExitByExit, x: Tensor, decision: ExitDecision) -> tuple[Tensor, Tensor]:
+    """Predictions and exit indices of a batch, each sample leaving at the first exit whose
+    score reaches its threshold; later stages run only on the samples left."""
+    n = x.shape[0]
+    predictions = torch.empty(n, dtype=torch.long, device=x.device)
+    exits = torch.empty(n, dtype=torch.long, device=x.device)
+    rows = torch.arange(n, device=x.device)
+    state = runner.start(x)
+    last = runner.num_exits - 1
+    for k in range(runner.num_exits):
+        state, out = runner.next_exit(state)
+        if k == last:
+            leave = torch.ones_like(rows, dtype=torch.bool)
+        else:
+            leave = out.scores[decision.score].double() >= decision.thresholds[k]
+        predictions[rows[leave]] = out.logits[leave].argmax(dim=-1)
+        exits[rows[leave]] = k
+        stay = ~leave
+        if not bool(stay.any()):
+            break
+        rows = rows[stay]
+        state = runner.select(state, stay.nonzero().squeeze(1))
+    return predictions, exits
+
+
+def all_exits_prediction(runner: ExitByExit, x: Tensor) -> Tensor:
+    """The last exit's predictions with every exit computed (the cost early exit saves)."""
+    return runner.all_exits(x)[-1].logits.argmax(dim=-1)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    _synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    _synchronize(device)
+    return result, time.perf_counter() - start
+
+
+@dataclass
+class Timing:
+    """Seconds per call of one way of running (early exit or every exit) over a split."""
+
+    seconds: list[float]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.seconds))
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.seconds, q)) if self.seconds else math.nan
+
+
+def _chunks(batches: Iterable[tuple[Tensor, Tensor]], mode: str) -> Iterable[Tensor]:
+    """The inputs, batch by batch, or one sample at a time in stream mode."""
+    for x, _ in batches:
+        if mode == "batch":
+            yield x
+        else:
+            yield from x.split(1)
+
+
+@torch.inference_mode()
+def run_split(
+    deployed: Deployed,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    decision: ExitDecision,
+    mode: str = "batch",
+    max_samples: int | None = None,
+) -> dict[str, Any]:
+    """Early exit over `batches` (inputs on the CPU), and every exit for the same inputs,
+    each timed per call after `WARMUP` untimed calls; predictions and exits are returned
+    for every sample."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
+    inputs = [
+        x.to(deployed.device, memory_format=deployed.memory_format)
+        for x in _limited(_chunks(batches, mode), max_samples)
+    ]
+    runner = deployed.runner
+    for x in inputs[:WARMUP]:
+        early_exit(runner, x, decision)
+        all_exits_prediction(runner, x)
+    early, full = Timing([]), Timing([])
+    predictions, exits = [], []
+    for x in inputs:  # interleaved, so that drifts of the machine hit both alike
+        (pred, ex), seconds = _timed(lambda x=x: early_exit(runner, x, decision), deployed.device)
+        early.seconds.append(seconds)
+        full.seconds.append(_timed(lambda x=x: all_exits_prediction(runner, x), deployed.device)[1])
+        predictions.append(pred.cpu())
+        exits.append(ex.cpu())
+    return {
+        "predictions": torch.cat(predictions).numpy(),
+        "exits": torch.cat(exits).numpy(),
+        "early": early,
+        "full": full,
+    }
+
+
+def _limited(chunks: Iterable[Tensor], max_samples: int | None) -> Iterable[Tensor]:
+    """At most `max_samples` samples (the last chunk cut to fit)."""
+    seen = 0
+    for x in chunks:
+        if max_samples is not None and seen + x.shape[0] > max_samples:
+            x = x[: max_samples - seen]
+        if x.shape[0] == 0:
+            return
+        seen += x.shape[0]
+        yield x
+
+
+def speed_row(
+    deployed: Deployed, decision: ExitDecision, result: dict[str, Any], mode: str
+) -> dict:
+    """One latency.csv row: the cost FLOPs predict and the time measured, both relative to
+    running every exit."""
+    costs = deployed.outputs.costs(decision.score)
+    mflops = float(costs[result["exits"]].mean())
+    full_mflops = float(deployed.outputs.flops[-1])
+    early, full = result["early"], result["full"]
+    predicted = full_mflops / mflops
+    measured = full.total / early.total
+    run = deployed.run
+    return {
+        "dataset": run["dataset"],
+        "backbone": run["backbone"],
+        "method": run["method"],
+        "variant": run["variant"],
+        "seed": run["seed"],
+        "policy": decision.rule,
+        "p": decision.point,
+        "mode": mode,
+        "device": deployed.device.type,
+        "threads": torch.get_num_threads(),
+        "samples": len(result["exits"]),
+        "mflops": mflops,
+        "full_mflops": full_mflops,
+        "predicted_speedup": predicted,
+        "measured_speedup": measured,
+        "speedup_ratio": measured / predicted,
+        "early_ms_p50": 1e3 * early.percentile(50),
+        "early_ms_p90": 1e3 * early.percentile(90),
+        "early_ms_p99": 1e3 * early.percentile(99),
+        "full_ms_p50": 1e3 * full.percentile(50),
+        "exit_fractions": protocol.format_exit_fractions(
+            np.bincount(result["exits"], minlength=len(costs)) / len(result["exits"])
+        ),
+    }
+
+
+def latency_table(
+    deployed: Deployed,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    decisions: Sequence[ExitDecision],
+    modes: Sequence[str] = MODES,
+    stream_samples: int = 200,
+) -> pd.DataFrame:
+    """Measured against predicted speed-up for each decision and mode."""
+    rows = []
+    for decision in decisions:
+        for mode in modes:
+            limit = stream_samples if mode == "stream" else None
+            result = run_split(deployed, batches, decision, mode, max_samples=limit)
+            row = speed_row(deployed, decision, result, mode)
+            log.info(
+                "%s p=%s %s: %.2f MFLOPs, predicted %.2fx, measured %.2fx (ratio %.2f)",
+                decision.rule, decision.point, mode, row["mflops"],
+                row["predicted_speedup"], row["measured_speedup"], row["speedup_ratio"],
+            )  # fmt: skip
+            rows.append(row)
+    return pd.DataFrame(rows)

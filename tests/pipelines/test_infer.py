@@ -1,0 +1,133 @@
+"""Real early exit (`pipelines/infer.py`): sample by sample the predictions and exits of the
+simulated budgeted protocol, for both backbones and train-time and post-hoc methods, in
+batch and stream mode; the timing rows; and quick errors for unknown rules and budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from eebench.methods.base import MAX_SOFTMAX
+from eebench.pipelines import protocol
+from eebench.pipelines.infer import (
+    MODES,
+    Deployed,
+    choose_decision,
+    deploy,
+    latency_table,
+    run_split,
+    val_cost,
+)
+from eebench.pipelines.outputs import OWN_SCORE, ExitDecision
+from eebench.pipelines.runs import make_loaders
+
+BACKBONES = ("msdnet_fmnist", "ranet_fmnist")
+METHODS = ("standard", "joint_bilevel", "calibrated_dnn")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory, extension_kit: SimpleNamespace) -> Path:
+    study = extension_kit.tiny_study([{"method": m} for m in METHODS])
+    study["datasets"]["synthetic"]["backbones"] = list(BACKBONES)
+    return extension_kit.run_stages(study, tmp_path_factory.mktemp("infer") / "study")
+
+
+def run_dir(root: Path, backbone: str, method: str) -> Path:
+    return root / "runs/synthetic" / backbone / method / "seed0"
+
+
+def split_batches(deployed: Deployed, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split in batches of the recipe's eval size, on the CPU."""
+    return list(make_loaders(deployed.run, root / "splits", torch.device("cpu")).test.iterate(0))
+
+
+def simulated(deployed: Deployed, decision: ExitDecision) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and exits of the simulated protocol on the saved test outputs."""
+    test = deployed.outputs.test
+    exits = protocol.assign_exits(test.score(decision.score), np.array([decision.thresholds]))[0]
+    predictions = test.logits.argmax(-1)[exits, np.arange(len(exits))]
+    return predictions, exits
+
+
+def decisions_to_check(deployed: Deployed) -> list[ExitDecision]:
+    """Three budgets of max softmax and, where the method has one, of its own score."""
+    chosen = []
+    for rule in (MAX_SOFTMAX, "score"):
+        points = [d for d in deployed.decisions if d.rule == rule]
+        chosen += points[5::14]
+    return chosen
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("method", METHODS)
+def test_early_exit_equals_the_simulated_protocol_sample_by_sample(
+    root: Path, backbone: str, method: str
+) -> None:
+    deployed = deploy(run_dir(root, backbone, method), torch.device("cpu"))
+    batches = split_batches(deployed, root)
+    decisions = decisions_to_check(deployed)
+    assert {d.rule for d in decisions} >= (
+        {MAX_SOFTMAX, "score"} if method == "joint_bilevel" else {MAX_SOFTMAX}
+    )
+    for decision in decisions:
+        for mode in MODES:
+            result = run_split(deployed, batches, decision, mode)
+            predictions, exits = simulated(deployed, decision)
+            np.testing.assert_array_equal(result["exits"], exits, err_msg=f"{decision} {mode}")
+            np.testing.assert_array_equal(result["predictions"], predictions)
+        assert len(set(exits.tolist())) > 1 or decision.point in (1, 39)
+
+
+def test_gater_scores_decide_the_exits_of_the_papers_method(root: Path) -> None:
+    deployed = deploy(run_dir(root, "msdnet_fmnist", "joint_bilevel"), torch.device("cpu"))
+    decision = next(d for d in deployed.decisions if d.rule == "score")
+    assert decision.score == OWN_SCORE
+
+
+def test_latency_rows_put_measured_beside_predicted_speed_up(root: Path) -> None:
+    deployed = deploy(run_dir(root, "msdnet_fmnist", "standard"), torch.device("cpu"))
+    decision = choose_decision(deployed, MAX_SOFTMAX, point=20)
+    table = latency_table(deployed, split_batches(deployed, root), [decision], stream_samples=20)
+    assert table["mode"].tolist() == list(MODES)
+    assert table["samples"].tolist() == [128, 20]
+    full = deployed.outputs.flops[-1]
+    for row in table.itertuples():
+        assert row.predicted_speedup == pytest.approx(full / row.mflops)
+        assert row.speedup_ratio == pytest.approx(row.measured_speedup / row.predicted_speedup)
+        assert 0 < row.early_ms_p50 <= row.early_ms_p99
+    batch = table[table["mode"] == "batch"].iloc[0]
+    _, exits = simulated(deployed, decision)
+    costs = deployed.outputs.costs(decision.score)
+    assert batch.mflops == pytest.approx(costs[exits].mean())
+
+
+def test_a_budget_in_mflops_picks_the_costliest_decision_within_it(root: Path) -> None:
+    deployed = deploy(run_dir(root, "msdnet_fmnist", "standard"), torch.device("cpu"))
+    budget = float(np.mean(deployed.outputs.flops))
+    decision = choose_decision(deployed, MAX_SOFTMAX, budget=budget)
+    cost = val_cost(deployed.outputs, decision)
+    others = [val_cost(deployed.outputs, d) for d in deployed.decisions if d.rule == MAX_SOFTMAX]
+    assert cost <= budget and cost == max(c for c in others if c <= budget)
+
+
+def test_unknown_rule_point_or_unreachable_budget_say_what_exists(root: Path) -> None:
+    deployed = deploy(run_dir(root, "msdnet_fmnist", "standard"), torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"no decision of exit rule 'nope'.*max_softmax"):
+        choose_decision(deployed, "nope", point=1)
+    with pytest.raises(ValueError, match="has no point 99"):
+        choose_decision(deployed, MAX_SOFTMAX, point=99)
+    with pytest.raises(ValueError, match="raise the budget"):
+        choose_decision(deployed, MAX_SOFTMAX, budget=1e-9)
+
+
+def test_a_run_never_evaluated_is_a_quick_error(tmp_path: Path, root: Path) -> None:
+    target = tmp_path / "run"
+    target.mkdir()
+    config = run_dir(root, "msdnet_fmnist", "standard") / "config.yaml"
+    (target / "config.yaml").write_text(config.read_text())
+    with pytest.raises(FileNotFoundError, match="eebench evaluate"):
+        deploy(target, torch.device("cpu"))
