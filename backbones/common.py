@@ -14,7 +14,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Sequence
-from typing import ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -230,6 +230,28 @@ def resize_to(x: Tensor, ref: Tensor) -> Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def split_gradient(x: Tensor, readers: int) -> tuple[Tensor, Tensor]:
+    """x for the head and x for the later blocks, both equal to x, whose backward into x is
+    [∂head + (n−1)·∂later]/n, n = `readers` (the exits whose losses reach x: this one and
+    every later one). When each later exit's gradient reaching x is split the same way, x
+    gets the mean of the n exits' gradients (BoostNet's and IMTA's gradient rescaling)."""
+    head = _ScaleGradient.apply(x, 1.0 / readers)
+    return head, _ScaleGradient.apply(head, float(readers - 1))
+
+
 def make_stem_layer(style: str, in_channels: int, out_channels: int, activation: str) -> nn.Module:
     """First stem layer: 3×3 conv (cifar) or 7×7/2 conv with bias + 3×3/2 max-pool (imagenet)."""
     if style == "cifar":
@@ -300,6 +322,10 @@ class MultiExitNet(nn.Module):
     lets the FLOPs counter attribute costs per exit (`exit_units`).
     """
 
+    #: Whether `set_gradient_rescaling` can turn on: the later exits reach the map head k
+    #: reads only through one tensor of the state (MSDNet's coarsest scale).
+    supports_gradient_rescaling: ClassVar[bool] = False
+
     def __init__(
         self,
         config: BackboneConfig,
@@ -364,6 +390,13 @@ class MultiExitNet(nn.Module):
             logits.append(out)
             features.append(feats)
         return (logits, features) if return_features else logits
+
+    def set_gradient_rescaling(self, on: bool) -> None:
+        """Rescale the gradient of each head's input between its head and the later exits
+        (`split_gradient`; forward unchanged). Off by default; backbones without
+        `supports_gradient_rescaling` cannot turn it on."""
+        if on:
+            raise ValueError(f"{self.config_name} cannot rescale gradients between its exits")
 
     def exit_classifiers(self) -> list[nn.Linear]:
         """The Linear layer of every exit head (post-hoc methods read their weights)."""

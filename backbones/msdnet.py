@@ -26,6 +26,7 @@ from eebench.backbones.common import (
     State,
     floor_mul,
     make_stem_layer,
+    split_gradient,
 )
 from eebench.backbones.factory import register_model
 
@@ -137,19 +138,32 @@ class Transition(nn.Module):
 
 
 class MSDStage(nn.Module):
-    """The layers (and transitions) of one block; the head reads the coarsest map."""
+    """The layers (and transitions) of one block; the head reads the coarsest map.
+
+    With `readers` > 0 (`MSDNet.set_gradient_rescaling`), the coarsest map's gradient is
+    split between the head and the later blocks (`split_gradient`); the values are unchanged.
+    Only in training mode: it changes nothing else, and eval mode (inference, the FLOPs
+    trace) keeps the plain graph.
+    """
 
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__()
         self.layers = nn.Sequential(*layers)
+        self.readers = 0  # exits whose losses reach the coarsest map; 0: no rescaling
 
     def forward(self, xs: State) -> tuple[State, Tensor]:
         xs = self.layers(xs)
-        return xs, xs[-1]
+        if not (self.readers and self.training):
+            return xs, xs[-1]
+        head, later = split_gradient(xs[-1], self.readers)
+        return [*xs[:-1], later], head
 
 
 class MSDNet(MultiExitNet):
     """Multi-scale dense network with one exit per block (PyTorch default init, §2 "Init")."""
+
+    # Later blocks read a block's coarsest map only through the state's last tensor.
+    supports_gradient_rescaling: ClassVar[bool] = True
 
     def __init__(self, config: MSDNetConfig, num_classes: int, activation: str = "relu") -> None:
         num_classes = self.check_build_args(num_classes, activation)
@@ -164,6 +178,12 @@ class MSDNet(MultiExitNet):
             heads=[ExitHead(w * coarsest, config.stem, num_classes, activation) for w in widths],
         )
         self.base_widths = widths  # w after each block (after its transition, if any)
+
+    def set_gradient_rescaling(self, on: bool) -> None:
+        """BoostNet's msdnet_ge (methods.md §6): after block k (0-based) of K, the coarsest
+        map's gradient from head k is scaled by 1/(K−k), the later blocks' by (K−k−1)/(K−k)."""
+        for k, stage in enumerate(self.stages):
+            stage.readers = self.num_exits - k if on else 0
 
     @staticmethod
     def _build_stem(cfg: MSDNetConfig, act: str) -> PyramidStem:
