@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from eebench.pipelines.errors import number_hint
-from eebench.pipelines.outputs import MAX_SOFTMAX, OWN_SCORE, ExitDecision, RunOutputs
+from eebench.pipelines.outputs import (
+    MAX_SOFTMAX,
+    OWN_SCORE,
+    ExitDecision,
+    RunOutputs,
+    SplitOutputs,
+)
 from eebench.pipelines.registry import Registry
 
 
@@ -135,6 +141,9 @@ class HasHparams:
     # "recipe" (recipe name), "activation", "init_from" (method[-variant] whose
     # trained backbone is reused), "display" (a dict of Display fields).
     variants: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The "init_from" of every variant that names none (e.g. a method that only trains on
+    # top of `standard`'s backbone); a variant's own "init_from" wins, None included.
+    init_from: ClassVar[str | None] = None
     display: ClassVar[Display | None] = None
     # Where a method that declares no display appears (set by each kind of method).
     default_figures: ClassVar[tuple[str, ...]] = ()
@@ -161,6 +170,11 @@ class HasHparams:
                 _check_type(cls.name, key, cls.hparams[key], value)
                 resolved[key] = copy.deepcopy(value)
         return resolved
+
+    @classmethod
+    def init_source(cls, variant: str | None) -> str | None:
+        """The method[-variant] whose trained backbone the variant starts from, or None."""
+        return cls.variant(variant).get("init_from", cls.init_from)
 
     @classmethod
     def variant(cls, name: str | None) -> dict[str, Any]:
@@ -345,6 +359,9 @@ class TrainMethod(InferenceCosts, HasHparams, nn.Module):
     """
 
     default_figures: ClassVar[tuple[str, ...]] = TRAIN_FIGURES
+    #: Whether `end_epoch` reads the val outputs: the training loop then validates after
+    #: every epoch, whatever the study's `validate_each_epoch` says.
+    needs_val_each_epoch: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, hparams: dict[str, Any], ctx: TrainContext) -> None:
         nn.Module.__init__(self)
@@ -363,6 +380,12 @@ class TrainMethod(InferenceCosts, HasHparams, nn.Module):
         self, x: torch.Tensor, target: torch.Tensor, step: int, engine: StepEngine
     ) -> StepOutput:
         raise NotImplementedError
+
+    def end_epoch(self, epoch: int, val: SplitOutputs | None) -> None:
+        """After epoch `epoch` (0-based), its validation and best-epoch bookkeeping, before its
+        checkpoint: `val` holds the method's outputs on the val split (None when the epoch
+        was not validated). What this changes must live in the method's state_dict (buffers,
+        modules), so that a resumed run goes on with it. Nothing by default."""
 
     def epoch_warnings(self, row: dict[str, float], last_epoch: bool) -> list[str]:
         """Warnings for the run log about a finished epoch's train_log.csv row (e.g. a

@@ -161,7 +161,7 @@ def resolve_run(
     except (KeyError, ValueError, HyperparameterError) as error:
         raise ConfigError(f"{where}: {error}") from None
     root = Path(results_root)
-    init_from = variant.get("init_from")
+    init_from = cls.init_source(spec.variant)
     source = entry.get("source") if kind == "posthoc" else None
     run = {
         "study": study["study"],

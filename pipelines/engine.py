@@ -99,7 +99,7 @@ class Engine:
         method.configure(self)
         self.amp_dtype = _amp_dtype(recipe.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ema = _build_ema(recipe, method.backbone)
+        self.ema = _build_ema(recipe, method.backbone) if "backbone" in self.slots else None
         self.mixup = _build_mixup(recipe, method.ctx.num_classes)
         self.global_step = 0
 
@@ -220,7 +220,10 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _build_ema(recipe: Recipe, backbone: nn.Module) -> Any:
-    """timm's EMA copy of the backbone when the recipe asks for one (updated by `optimize`)."""
+    """timm's EMA copy of the backbone when the recipe asks for one (updated by `optimize`
+    after each backbone-optimizer step, so none is built without that optimizer: it would
+    keep the initial weights and hide any part of the backbone a method trains with an
+    optimizer of its own)."""
     if not recipe.ema:
         return None
     from timm.utils import ModelEmaV3

@@ -30,6 +30,7 @@ from eebench.pipelines.evaluate import collect
 from eebench.pipelines.fingerprint import check_recorded, recorded
 from eebench.pipelines.io import write_csv, write_yaml
 from eebench.pipelines.lock import run_lock
+from eebench.pipelines.outputs import SplitOutputs
 from eebench.pipelines.runs import build_method, make_loaders, resolve_device, run_recipe
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,13 @@ class Trainer:
             self._train_epoch(epoch, start_batch, meter, every, history, best)
             start_batch = 0
             row = {"epoch": epoch + 1, "lr": self.engine.current_lr(), **meter.summary()}
-            if self._validates_after(epoch):
-                row.update(self._validate())
+            val = self._validate() if self._validates_after(epoch) else None
+            if val is not None:
+                row.update({f"val_top1_exit{k + 1}": acc for k, acc in enumerate(val.top1())})
             row["seconds"] = round(time.perf_counter() - started, 3)
             history.append(row)
             best = self._update_best(row, best)
+            self.method.end_epoch(epoch, val)
             meter = EpochMeter()
             self._checkpoint(epoch + 1, 0, history, meter, best)
             write_csv(self.run_dir / "train_log.csv", pd.DataFrame(history))
@@ -211,17 +214,21 @@ class Trainer:
         bar.close()
 
     def _validates_after(self, epoch: int) -> bool:
-        """Every epoch, or only the last one when the study saves that time (never for best_val)."""
+        """Every epoch, or only the last one when the study saves that time (never for best_val,
+        nor for a method whose `end_epoch` reads the val outputs)."""
         last = epoch + 1 == self.recipe.epochs
-        every = self.run.get("validate_each_epoch", True) or self.run.get("selection") == "best_val"
+        every = (
+            self.run.get("validate_each_epoch", True)
+            or self.run.get("selection") == "best_val"
+            or self.method.needs_val_each_epoch
+        )
         return every or last
 
-    def _validate(self) -> dict[str, float]:
+    def _validate(self) -> SplitOutputs:
         with self._evaluated_weights():
-            val = collect(
+            return collect(
                 self.method, self.loaders.val.iterate(0), self.device, fast=not self.recipe.compile
             )
-        return {f"val_top1_exit{k + 1}": acc for k, acc in enumerate(val.top1())}
 
     def _update_best(self, row: dict[str, Any], best: dict[str, Any]) -> dict[str, Any]:
         """Best epoch by val top-1 of the last exit (never test); its weights go to best.pt."""

@@ -78,15 +78,18 @@ def test_hparams_resolve_for_every_family_and_variant(name: str) -> None:
 
 @pytest.mark.parametrize("name", TRAIN_METHODS.names())
 def test_variant_recipes_activations_and_init_from_exist(name: str) -> None:
-    for variant, definition in TRAIN_METHODS.get(name).variants.items():
+    cls = TRAIN_METHODS.get(name)
+    for variant, definition in cls.variants.items():
         assert set(definition) <= VARIANT_KEYS, variant
         if "recipe" in definition:
             assert definition["recipe"] in RECIPES, variant
         if "activation" in definition:
             assert definition["activation"] in ACTIVATIONS, variant
-        if "init_from" in definition:
-            source, _, source_variant = definition["init_from"].partition("-")
-            assert source in TRAIN_METHODS, variant
+    # Every variant's init_from, its own or the class default.
+    for variant in ("", *cls.variants):
+        if cls.init_source(variant):
+            source, _, source_variant = cls.init_source(variant).partition("-")
+            assert source in TRAIN_METHODS and source != name, variant
             TRAIN_METHODS.get(source).variant(source_variant)  # raises for an unknown variant
 
 
