@@ -17,9 +17,9 @@ that add two no-grad forwards of half a batch. After one untimed warm-up epoch e
 methods alternate epoch by epoch (`--repeats` rounds, rotating who goes first); the
 table gives median epoch seconds and the ratio is the median over rounds of
 t(row)/t(standard) (goals: joint_bilevel <= 1.15, l2w <= 2.0 at its default meta interval
-of 1: a meta step is a forward-backward with graph, a virtual forward and a second-order
-backward on each half batch, besides the real step). Results go to
-`benchmarks/results/method_speed.csv`.
+of 1: on each half batch, besides the real step whose forward it shares, a meta step is a
+backward for the inner gradient, a forward and a backward at θ′ on the other half and a
+forward-mode JVP on the train half). Results go to `benchmarks/results/method_speed.csv`.
 
 A third row, `standard_half_batch`, trains `standard` on batches of B/2 (the same images,
 twice the steps): it separates what half batches cost on this device (smaller, less
@@ -56,8 +56,8 @@ VARIANTS = {  # row name -> (method, divisor of --batch-size)
     "l2w": ("l2w", 1),
 }
 BACKBONE = "msdnet_fmnist"
-#: Goals of t(method)/t(standard): joint_bilevel's φ-steps are cheap; L2W's original meta
-#: step costs about two extra forward-backward passes.
+#: Goals of t(method)/t(standard): joint_bilevel's φ-steps are cheap; L2W's exact meta step
+#: adds two half-batch backwards, a forward and a forward-mode JVP per half batch.
 GOALS = {"joint_bilevel": 1.15, "l2w": 2.0}
 
 

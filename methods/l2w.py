@@ -5,7 +5,8 @@ A weight-prediction network φ (WPN) reads each sample's per-exit losses and giv
 meta-learned so that the weighting helps budgeted inference: a virtual step θ′(φ) of the
 real optimiser on the weighted loss of one half of the batch, then the loss that budgeted
 inference at one target budget incurs on the other half, evaluated at θ′, is minimised
-over φ through the second-order path θ′ → g(φ) (shared/spec/methods.md §2). Inference is
+over φ through the second-order path θ′ → g(φ) (shared/spec/methods.md §2), computed
+exactly without a double backward (`L2W.meta_objective`). Inference is
 unchanged: every exit predicts with its own head, exits by max softmax (the defaults of
 `TrainMethod`), and the WPN is never run.
 
@@ -20,8 +21,12 @@ tools/meta.py, models/weight_predict.py):
   away; θ is a constant in θ′ except through g (MW-Net style); φ by Adam with L2 weight
   decay on a cosine to 0, no warm-up.
 - Differs, by design:
-  * Written functionally (`torch.func.functional_call` on detached copies of θ and cloned
-    buffers) instead of a fresh model copy per meta step; same numbers.
+  * Written functionally (`torch.func.functional_call` with cloned buffers) instead of a
+    fresh model copy per meta step, and the meta-gradient is not a double backward: a
+    first-order gradient u = ∂L_meta/∂g and one forward-mode product J_CE(θ)·u on the train
+    half give ∂L_meta/∂w exactly (`L2W.meta_objective`). The train half's forward is the
+    real step's (its graph kept for the inner gradient, then the real backward). Same
+    numbers up to round-off.
   * The virtual step mirrors every parameter group of the real optimiser (its current lr,
     momentum buffer, dampening, Nesterov, weight decay), and AdamW/Adam as well (recipes
     with AdamW, e.g. paper_imagenet); the code reads SGD's group 0 only. Identical for the
@@ -33,9 +38,10 @@ tools/meta.py, models/weight_predict.py):
     could differ at an exact boundary.
   * Soft targets (Mixup/CutMix, label smoothing) in every CE; the code has hard labels.
   * A batch of one sample serves as both halves. No DDP: halves are per process batch.
-  * Under AMP the forwards use the recipe's autocast; with fp16 the second-order path is not
-    loss-scaled (bf16, the CUDA default, needs no scaling). `torch.compile`d backbones are
-    not supported by the meta step (double backward).
+  * Under AMP the forwards use the recipe's autocast; with fp16 the inner gradient, u and
+    the forward-mode product are not loss-scaled (bf16, the CUDA default, needs no
+    scaling). `torch.compile`d backbones are not supported by the meta step (forward-mode
+    AD through `functional_call`).
   * `meta_optimizer: recipe` swaps Adam for the engine's optimizer of the recipe's family.
 """
 
@@ -49,6 +55,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
@@ -327,6 +334,9 @@ class L2W(TrainMethod):
 
     name: ClassVar[str] = "l2w"
     display: ClassVar[Display] = Display("L2W", "#2ca02c", "s", figures=TRAIN_FIGURES)
+    # 1: meta-gradient by a first-order backward and a forward-mode JVP instead of a double
+    # backward, the train half's forward shared with the real step (round-off changes).
+    code_version: ClassVar[str] = "1"
     hparams: ClassVar[dict[str, Any]] = {
         "epsilon": 0.8,
         "normalization": "col",
@@ -388,76 +398,116 @@ class L2W(TrainMethod):
 
     # ------------------------------------------------------------------ meta step
 
-    def virtual_parameters(
-        self,
-        x: torch.Tensor,
-        target: torch.Tensor,
-        optimizer: torch.optim.Optimizer,
-        buffers: dict[str, torch.Tensor],
-        autocast: Autocast = nullcontext,
-    ) -> dict[str, torch.Tensor]:
-        """θ′(φ) by name: the real optimizer's step on the WPN-weighted loss of (x, target)
-        (spec §2, meta steps 1–4).
-
-        θ enters as detached copies, the leaves of the inner gradient g, which keeps its
-        graph (create_graph): ∂θ′/∂φ runs through g(w(φ)), the second-order path. The
-        forward runs in train mode with `buffers` (clones: the real ones stay as they are).
-        """
-        named = list(self.backbone.named_parameters())
-        theta = [p.detach().requires_grad_() for _, p in named]
-        values = {name: t for (name, _), t in zip(named, theta, strict=True)}
-        with autocast():
-            logits = functional_call(self.backbone, {**values, **buffers}, x)
-        ce = exit_losses(logits, target)
-        inner = weighted_loss(self.sample_weights(ce, logits), ce)
-        grads = torch.autograd.grad(inner, theta, create_graph=True, allow_unused=True)
-        updated = virtual_step(optimizer, [p for _, p in named], grads)
-        return {name: t for (name, _), t in zip(named, updated, strict=True)}
-
     def meta_objective(
         self,
         train: tuple[torch.Tensor, torch.Tensor],
         meta: tuple[torch.Tensor, torch.Tensor],
         optimizer: torch.optim.Optimizer,
         autocast: Autocast = nullcontext,
+        logits: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """L_meta(φ) with its graph to φ: budgeted inference at the target proportions,
-        imitated on the meta half with θ′ (spec §2, meta step 5). Both virtual forwards run
-        in train mode, like the code's fresh model copy, on cloned buffers."""
+        """L_meta(φ): budgeted inference at the target proportions imitated on the meta half
+        at θ′(φ) (spec §2, meta steps 1–5), as its value with its exact gradient to φ.
+
+        `logits`: the train half's from a train-mode forward, with their graph to the
+        backbone's parameters (the real step's forward, whose graph the inner gradient
+        keeps); None runs that forward here on cloned buffers. The forward at θ′ and the
+        forward-mode product run in train mode on cloned buffers, like the code's fresh
+        model copy: the real model is never written.
+
+        The second-order path without a double backward: w(φ) enters θ′ only through
+        g = ∇θ Σ_k mean_i w_ik ℓ_ik, linear in w, and every optimizer's update is
+        elementwise in g. So ∂L_meta/∂w_ik = ⟨u, ∇θ ℓ_ik⟩ / |h| with u = ∂L_meta/∂g,
+        a first-order backward through the forward at θ′ and the update. The ⟨u, ∇θ ℓ_ik⟩
+        for all i, k are one forward-mode product J·u of the per-sample, per-exit CE of the
+        train half (with its batch-statistics BN) at θ. The result equals L_meta, and its
+        gradient to φ is that of Σ_k mean_i w_ik (J·u)_ik (J·u a constant). The exits of
+        the meta half are chosen under no_grad, as in the code (piecewise constant).
+        """
         self.backbone.train()
+        x, target = train
+        params = dict(self.backbone.named_parameters())
         buffers = {name: b.clone() for name, b in self.backbone.named_buffers()}
         with torch.enable_grad():
-            theta_new = self.virtual_parameters(*train, optimizer, buffers, autocast)
+            if logits is None:
+                with autocast():
+                    logits = functional_call(self.backbone, {**params, **buffers}, x)
+            ce = exit_losses(logits, target)
+            w = self.sample_weights(ce, logits)
+            grads = torch.autograd.grad(
+                weighted_loss(w.detach(), ce),
+                list(params.values()),
+                retain_graph=True,  # the real step backpropagates a shared forward again
+                allow_unused=True,
+            )
+            pairs = zip(params, grads, strict=True)
+            g = {name: grad.requires_grad_() for name, grad in pairs if grad is not None}
+            theta_new = virtual_step(optimizer, list(params.values()), [g.get(n) for n in params])
             x_meta, t_meta = meta
             with autocast():
-                logits = functional_call(self.backbone, {**theta_new, **buffers}, x_meta)
+                meta_logits = functional_call(
+                    self.backbone, {**dict(zip(params, theta_new, strict=True)), **buffers}, x_meta
+                )
             with torch.no_grad():
                 counts = exit_counts(len(t_meta), self.proportions)
-                exits = budgeted_exits(exit_confidences(logits), counts)
-            return budgeted_loss(exit_losses(logits, t_meta), exits)
+                exits = budgeted_exits(exit_confidences(meta_logits), counts)
+            loss = budgeted_loss(exit_losses(meta_logits, t_meta), exits)
+            u = torch.autograd.grad(loss, list(g.values()), allow_unused=True)
+        tangents = {name: t for name, t in zip(g, u, strict=True) if t is not None}
+        surrogate = weighted_loss(w, self._loss_jvp(x, target, params, buffers, tangents, autocast))
+        return loss.detach() + (surrogate - surrogate.detach())
+
+    def _loss_jvp(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        params: dict[str, torch.Tensor],
+        buffers: dict[str, torch.Tensor],
+        tangents: dict[str, torch.Tensor],
+        autocast: Autocast,
+    ) -> torch.Tensor:
+        """J_ℓ(θ)·u: the derivative of the per-sample, per-exit CE (B×K) of (x, target) in
+        the direction `tangents` (by parameter name; the others fixed), by forward-mode AD
+        through a train-mode forward on `buffers`; a constant."""
+        with torch.no_grad(), fwAD.dual_level():
+            duals = {
+                name: fwAD.make_dual(p.detach(), tangents[name]) if name in tangents else p
+                for name, p in params.items()
+            }
+            with autocast():
+                logits = functional_call(self.backbone, {**duals, **buffers}, x)
+            return fwAD.unpack_dual(exit_losses(logits, target)).tangent
 
     def meta_step(
         self,
         train: tuple[torch.Tensor, torch.Tensor],
         meta: tuple[torch.Tensor, torch.Tensor],
         engine: StepEngine,
+        logits: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """One φ update from the meta objective, through the engine's φ slot; the meta
-        loss (0-d, detached)."""
+        loss (0-d, detached). `logits` as in `meta_objective`."""
         if self._meta_handle is None:
             raise RuntimeError("l2w: configure(engine) must run before training")
         optimizer = engine.backbone_optimizer().optimizer
-        loss = self.meta_objective(train, meta, optimizer, engine.autocast)
+        loss = self.meta_objective(train, meta, optimizer, engine.autocast, logits)
         engine.optimize(loss, self._meta_handle)
         return loss.detach()
 
     # ------------------------------------------------------------------ backbone step
 
-    def theta_step(self, x: torch.Tensor, target: torch.Tensor, engine: StepEngine) -> ThetaStep:
-        """The real backbone step: weighted CE with the current WPN's weights as constants."""
+    def train_forward(self, x: torch.Tensor, engine: StepEngine) -> list[torch.Tensor]:
+        """The real model's train-mode forward of a half (its BN statistics move, once per
+        half, as in the code's backbone step); the logits keep their graph to θ."""
         self.backbone.train()
         with engine.autocast():
-            logits = self.backbone(x)
+            return list(self.backbone(x))
+
+    def theta_step(
+        self, logits: Sequence[torch.Tensor], target: torch.Tensor, engine: StepEngine
+    ) -> ThetaStep:
+        """The real backbone step on a half's `train_forward`: weighted CE with the current
+        WPN's weights as constants."""
         ce = exit_losses(logits, target)
         with torch.no_grad():
             w = self.sample_weights(ce, logits)
@@ -475,9 +525,10 @@ class L2W(TrainMethod):
         update_phi = (step % self.ctx.steps_per_epoch) % self.hp["meta_interval"] == 0
         halves, meta_losses = [], []
         for train, meta in ((first, second), (second, first)):
+            logits = self.train_forward(train[0], engine)
             if update_phi:
-                meta_losses.append(self.meta_step(train, meta, engine))
-            halves.append(self.theta_step(*train, engine))
+                meta_losses.append(self.meta_step(train, meta, engine, logits))
+            halves.append(self.theta_step(logits, train[1], engine))
         return self._report(halves, meta_losses, target)
 
     def _report(

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from eebench.methods import HyperparameterError
 from eebench.methods.l2w import (
@@ -27,6 +28,7 @@ from eebench.methods.l2w import (
     WeightNet,
     budgeted_exits,
     budgeted_loss,
+    exit_confidences,
     exit_counts,
     exit_losses,
     virtual_step,
@@ -89,6 +91,87 @@ def test_meta_gradient_matches_central_differences(
     central = (values[0] - values[1]) / (2 * h)
     assert abs(expected) > 1e-6, "the meta-gradient vanished: is the path through g cut?"
     assert abs(central - expected) / abs(expected) < 1e-4, (central, expected)
+
+
+def double_backward_meta_objective(
+    method: L2W,
+    train: tuple[torch.Tensor, torch.Tensor],
+    meta: tuple[torch.Tensor, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> torch.Tensor:
+    """L_meta(φ) the direct way (the method's code_version "" path): the inner gradient
+    with create_graph on detached copies of θ, θ′ from it, and autograd's double backward
+    from L_meta(θ′) to φ."""
+    backbone = method.backbone
+    backbone.train()
+    named = list(backbone.named_parameters())
+    buffers = {name: b.clone() for name, b in backbone.named_buffers()}
+    theta = [p.detach().requires_grad_() for _, p in named]
+    values = {name: t for (name, _), t in zip(named, theta, strict=True)}
+    logits = functional_call(backbone, {**values, **buffers}, train[0])
+    ce = exit_losses(logits, train[1])
+    inner = weighted_loss(method.sample_weights(ce, logits), ce)
+    grads = torch.autograd.grad(inner, theta, create_graph=True, allow_unused=True)
+    updated = virtual_step(optimizer, [p for _, p in named], grads)
+    values = {name: t for (name, _), t in zip(named, updated, strict=True)}
+    meta_logits = functional_call(backbone, {**values, **buffers}, meta[0])
+    counts = exit_counts(len(meta[1]), method.proportions)
+    exits = budgeted_exits(exit_confidences(meta_logits).detach(), counts)
+    return budgeted_loss(exit_losses(meta_logits, meta[1]), exits)
+
+
+@pytest.mark.parametrize(
+    ("name", "warm_steps", "input_kind", "soft", "shared"),
+    [
+        ("sgd", 1, "loss", False, True),
+        ("sgd_nesterov", 0, "both", True, False),
+        ("sgd_dampening", 2, "conf", False, True),
+        ("sgd_no_momentum", 0, "loss", True, True),
+        ("adamw", 0, "loss", False, False),
+        ("adamw", 2, "both", False, True),
+        ("adam_l2", 1, "conf", True, True),
+    ],
+)
+def test_meta_gradient_equals_the_double_backward(
+    make_method: MakeMethod,
+    batch: Batch,
+    name: str,
+    warm_steps: int,
+    input_kind: str,
+    soft: bool,
+    shared: bool,
+) -> None:
+    """The first-order gradient + forward-mode product gives the double backward's value
+    and φ-gradient to round-off in float64, for every optimizer the virtual step mirrors
+    (two groups, one without weight decay; Adam's update is not linear in g), on the
+    train half's own forward or on the real model's (`shared`, as training_step does)."""
+    method, _ = make_method(L2W, hparams(input=input_kind, normalization="mat"))
+    method.double()
+    decay = [p for p in method.backbone.parameters() if p.dim() > 1]
+    no_decay = [p for p in method.backbone.parameters() if p.dim() <= 1]
+    optimizer = OPTIMIZERS[name]([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+    for _ in range(warm_steps):
+        for p in method.backbone.parameters():
+            p.grad = torch.randn_like(p) * 0.1
+        optimizer.step()
+    x, y = batch(12, soft=soft)
+    x, y = x.double(), (y.double() if soft else y)
+    train, meta = (x[:6], y[:6]), (x[6:], y[6:])
+    phi = list(method.weight_net.parameters())
+    expected_loss = double_backward_meta_objective(method, train, meta, optimizer)
+    expected = torch.autograd.grad(expected_loss, phi)
+
+    method.backbone.train()
+    logits = method.backbone(train[0]) if shared else None
+    loss = method.meta_objective(train, meta, optimizer, logits=logits)
+    got = torch.autograd.grad(loss, phi)
+
+    torch.testing.assert_close(loss.detach(), expected_loss.detach(), rtol=1e-12, atol=0)
+    assert any(float(e.abs().max()) > 1e-6 for e in expected), "no meta-gradient to compare"
+    # Soft-target CE is taken in float32 (per_sample_cross_entropy): float32 round-off.
+    rtol = 1e-5 if soft else 1e-9
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=rtol, atol=rtol * 1e-3 * float(e.abs().max()))
 
 
 # --------------------------------------------------------------------------- virtual step
@@ -227,17 +310,21 @@ def test_target_proportions_are_the_protocols_at_the_target_index(make_method: M
 # --------------------------------------------------------------------------- steps
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own_forward", "shared_forward"])
 def test_meta_step_leaves_the_real_model_bit_identical(
-    make_method: MakeMethod, batch: Batch
+    make_method: MakeMethod, batch: Batch, shared: bool
 ) -> None:
+    """On its own forward (cloned buffers) or on the real step's (whose BN statistics have
+    moved once, before the snapshot), the meta step writes nothing of the backbone."""
     method, engine = make_method(L2W, hparams())
     x, y = batch(8)
     method.training_step(x, y, 0, engine)  # non-trivial BN statistics and weights
+    logits = method.train_forward(x[:4], engine) if shared else None
     before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
     phi = [p.detach().clone() for p in method.weight_net.parameters()]
     steps = engine.steps["weight_net"]
 
-    loss = method.meta_step((x[:4], y[:4]), (x[4:], y[4:]), engine)
+    loss = method.meta_step((x[:4], y[:4]), (x[4:], y[4:]), engine, logits)
 
     assert math.isfinite(float(loss))
     after = method.backbone.state_dict()
@@ -271,12 +358,34 @@ def test_backbone_step_weights_ce_with_the_current_wpn_as_constants(
         seen["phi_grads"] = [p.grad for p in method.weight_net.parameters()]
 
     engine.on_backward = record
-    step = method.theta_step(x, y, engine)
+    step = method.theta_step(method.train_forward(x, engine), y, engine)
     torch.testing.assert_close(step.loss, expected.detach())
     torch.testing.assert_close(step.w, w)
     for got, want in zip(seen["grads"], expected_grads, strict=True):
         torch.testing.assert_close(got, want)
     assert all(g is None for g in seen["phi_grads"]), "the backbone step reached φ"
+
+
+def test_sharing_the_train_forward_changes_no_bit(make_method: MakeMethod, batch: Batch) -> None:
+    """training_step runs each train half forward once, for the meta step's inner gradient
+    and the real step; meta steps on their own forward (cloned buffers) and real steps on a
+    fresh forward give the same backbone, BN statistics and φ, bit for bit."""
+    torch.manual_seed(3)
+    shared, shared_engine = make_method(L2W, hparams())
+    torch.manual_seed(3)
+    separate, separate_engine = make_method(L2W, hparams())
+    for step in range(3):
+        x, y = batch(8)
+        shared.training_step(x, y, step, shared_engine)
+        halves = (x[:4], y[:4]), (x[4:], y[4:])
+        for train, meta in (halves, halves[::-1]):
+            separate.meta_step(train, meta, separate_engine)
+            logits = separate.train_forward(train[0], separate_engine)
+            separate.theta_step(logits, train[1], separate_engine)
+    expected, got = separate.state_dict(), shared.state_dict()
+    assert any(key.startswith("weight_net.") for key in got)
+    for key, value in got.items():
+        assert torch.equal(value, expected[key]), key
 
 
 @pytest.mark.parametrize(("normalization", "dim"), [("col", 1), ("row", 0), ("mat", None)])
