@@ -1,20 +1,26 @@
-# The two commands of the README. Each sets everything up (venv, pinned
-# packages, the Fashion-MNIST data) and then does its job.
-#   make run   – the default Snakemake study on Fashion-MNIST, then its HTML report
-#   make test  – lint (ruff) and the whole test suite
+# The commands of the README. Each sets everything up (venv, pinned packages, the
+# Fashion-MNIST data) and then does its job.
+#   make run          – the default Snakemake study on Fashion-MNIST, then its HTML report
+#   make verify       – regenerate the study from scratch in a temporary folder and compare
+#                       every committed table with the new one (exit 1 if one disagrees)
+#   make clean-study  – delete the study's results, so that `make run` regenerates them all
+#   make test         – lint (ruff) and the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 STUDY ?= default
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test setup data clean-study
+.PHONY: run verify test setup data clean-study
 
 run: setup data
 	$(BIN)/eebench check --study config/$(STUDY).yaml >/dev/null
 	$(BIN)/snakemake --profile profiles/default --configfile config/$(STUDY).yaml
 	$(BIN)/snakemake --profile profiles/default --configfile config/$(STUDY).yaml \
 		--report results/$(STUDY)/report.html
+
+verify: setup data
+	$(BIN)/eebench verify --study config/$(STUDY).yaml
 
 test: setup data
 	$(BIN)/ruff check .

@@ -135,6 +135,30 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit status 0 when every committed table agrees, 1 when one does not, 2 when the
+    regeneration failed."""
+    from subprocess import CalledProcessError
+
+    from eebench.pipelines.verify import verify
+
+    study, root = _study_paths(args)
+    tables_from = Path(args.tables_from) if args.tables_from else None
+    workdir = Path(args.workdir) if args.workdir else None
+    try:
+        reports = verify(Path(args.study), study, root, tables_from, workdir, args.cores)
+    except CalledProcessError as error:
+        print(f"eebench verify: the regeneration failed (snakemake exit {error.returncode})")
+        return 2
+    for report in reports:
+        print("\n".join(report.lines()))
+    failed = [report.name for report in reports if report.problems]
+    agree = sum(report.agree for report in reports)
+    verdict = f"{len(failed)} disagree ({', '.join(failed)})" if failed else "all agree"
+    print(f"verify {study['study']}: {len(reports)} tables, {agree} values agree; {verdict}")
+    return 1 if failed else 0
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     from eebench.methods import method_kind
     from eebench.pipelines.config import expand_runs, resolve_run
@@ -192,7 +216,7 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     )
 
 
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "data": (cmd_data, "check that a dataset is present, or download it"),
     "flops": (cmd_flops, "per-exit cumulative MFLOPs and parameters of every backbone config"),
     "split": (cmd_split, "write the seeded train/val split of a dataset, once"),
@@ -202,6 +226,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str]] = {
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
+    "verify": (cmd_verify, "regenerate a study and compare its committed tables with new ones"),
     "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
 }
 
@@ -244,8 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["evaluate"].add_argument(
         "--no-features", action="store_true", help="skip the per-exit features (post-hoc inputs)"
     )
-    for name in ("tables", "figures", "check"):
+    for name in ("tables", "figures", "check", "verify"):
         _add_study(parsers[name])
+    verify = parsers["verify"]
+    verify.add_argument(
+        "--tables-from",
+        metavar="DIR",
+        help="compare with this results folder of the study (holding tables/) instead of "
+        "regenerating it",
+    )
+    verify.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="regenerate here and keep it (default: a temporary folder, removed afterwards)",
+    )
+    verify.add_argument("--cores", type=int, default=2, help="cores for Snakemake (default: 2)")
     for command in parsers.values():
         command.add_argument(
             "--debug", action="store_true", help="show the traceback of user errors too"
@@ -261,13 +299,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from eebench.pipelines.errors import user_errors
 
     try:
-        COMMANDS[args.command][0](args)
+        return COMMANDS[args.command][0](args) or 0
     except user_errors() as error:
         if args.debug:
             raise
         print(f"eebench {args.command}: error: {describe(error)}", file=sys.stderr)
         return 2
-    return 0
 
 
 def describe(error: BaseException) -> str:

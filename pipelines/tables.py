@@ -5,11 +5,13 @@ every run that `expand_runs` lists and writes, under `<study dir>/tables/`:
 
 - `anytime.csv`, `budgeted.csv`, `table1.csv`: tidy, one row per seed, with exactly
   the columns of docs/protocol.md;
-- `anytime_summary.csv`, `budgeted_summary.csv`, `table1_summary.csv`: mean, std and
-  number of seeds per point (std is empty with one seed);
+- `anytime_summary.csv`, `budgeted_summary.csv`, `table1_summary.csv`: mean, std, number
+  of seeds and 95% interval of top-1 per point (`pipelines/stats.py`: t over seeds, or
+  binomial over the test images with one seed; std is empty with one seed);
 - `runs.csv`: one row per run with what the captions and figures need (its hyperparameters
-  as JSON, epochs, train subset, number of exits, cost of the last exit);
+  as JSON, epochs, train subset, number of exits, cost of the last exit, test images);
 - `paper_comparison.csv`: each row of the paper's reported numbers beside ours;
+- `claims.csv`: each claim of the paper tested on this study (`pipelines/claims.py`);
 - `calibration.csv`: per run and exit, test top-1, NLL and ECE of the run's predictive
   (`pipelines/reliability.py`), with the `source` run a post-hoc run calibrated, so that
   before (the source's rows) and after (the post-hoc run's) pair up;
@@ -46,11 +48,13 @@ from eebench.pipelines.config import (
     load_run_config,
     resolve_run,
 )
+from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.fingerprint import differences, fingerprint, hashed_config
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.outputs import OUTPUTS_FILE, read_outputs
 from eebench.pipelines.protocol import accuracy_at_budget
 from eebench.pipelines.reliability import BIN_COLUMNS, ece, nll, reliability_bins
+from eebench.pipelines.stats import point_interval
 from eebench.reference import paper_reported_csv
 
 log = logging.getLogger(__name__)
@@ -63,7 +67,12 @@ COLUMNS: dict[str, list[str]] = {
     "budgeted": [*RUN_KEYS[:4], "policy", "seed", "p", "q", "mflops", "top1", "exit_fractions"],
     "table1": ["dataset", "backbone", "features", "seed", "budget_mflops", "top1"],
 }
-RUN_INDEX_COLUMNS = [*RUN_KEYS, "hparams", "epochs", "train_subset", "exits", "last_mflops"]
+RUN_INDEX_COLUMNS = [
+    *[*RUN_KEYS, "hparams", "epochs", "train_subset", "exits", "last_mflops"],
+    "n_test",  # test images of the run's dataset (the binomial interval of one seed)
+]
+#: The interval columns of every summary of top-1 (`stats.point_interval`).
+INTERVAL_COLUMNS = ["top1_ci_low", "top1_ci_high", "ci_method"]
 #: Columns of the calibration tables: `source` is the method[-variant] directory of the run a
 #: post-hoc run calibrated ('' for a trained run); top1 and ece in %, nll in nats.
 CALIBRATION_COLUMNS = [*RUN_KEYS, "source", "exit", "mflops", "top1", "nll", "ece"]
@@ -71,7 +80,7 @@ CALIBRATION_BIN_COLUMNS = [*RUN_KEYS, "source", "exit", *BIN_COLUMNS]
 COMPARISON_COLUMNS = [
     *["dataset", "figure", "method", "backbone", "mode", "quantity", "budget_mflops"],
     *["paper_top1", "source", "ours_backbone", "ours_mflops", "ours_top1", "ours_top1_std"],
-    *["ours_seeds", "difference", "note"],
+    *["ours_seeds", "ours_ci_low", "ours_ci_high", "difference", "note"],
 ]
 #: Every file `build_tables` writes under tables/ (the Snakefile declares them as outputs).
 TABLE_FILES: tuple[str, ...] = (
@@ -85,6 +94,7 @@ TABLE_FILES: tuple[str, ...] = (
     "table1_summary.csv",
     "calibration.csv",
     "calibration_bins.csv",
+    "claims.csv",
 )
 
 #: Datasets the paper reports on; any other dataset is a stand-in.
@@ -105,6 +115,16 @@ def paper_reported() -> pd.DataFrame:
 def backbone_family(backbone: str) -> str:
     """The architecture family a backbone config declares: the paper names backbones by it."""
     return get_model_config(backbone).family
+
+
+def stand_in(study: dict[str, Any], paper_dataset: str) -> str | None:
+    """The paper's dataset if the study has it, else the study dataset standing in for it."""
+    if paper_dataset in study["datasets"]:
+        return paper_dataset
+    for dataset, config in study["datasets"].items():
+        if paper_dataset in config.get("stands_in_for", []):
+            return dataset
+    return None
 
 
 def hparam_label(value: Any, order: Sequence[str] = ()) -> str:
@@ -155,7 +175,11 @@ class StudyResults:
 
 
 #: Text columns whose empty cells mean '' (e.g. the default variant), not a missing value.
-TEXT_COLUMNS = ("variant", "features", "policy", "exit_fractions", "note", "hparams", "source")
+TEXT_COLUMNS = (
+    *["dataset", "backbone", "variant", "features", "policy", "exit_fractions", "note"],
+    *["hparams", "source", "compare", "against", "points", "ci_method", "at", "verdict"],
+    "paper_side",
+)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -183,7 +207,20 @@ def _run_files(results_root: Path, spec: RunSpec) -> dict[str, Path]:
     }
 
 
-def _run_index_row(spec: RunSpec, config: dict[str, Any], anytime: pd.DataFrame) -> dict[str, Any]:
+def n_test_images(study: dict[str, Any], dataset: str) -> int:
+    """Test images of a study dataset: its synthetic size, else the registered test set."""
+    synthetic = study["datasets"][dataset].get("synthetic", {})
+    return int(synthetic.get("n_test", get_dataset_info(dataset).n_test))
+
+
+def n_test_by_dataset(runs: pd.DataFrame) -> dict[str, int]:
+    """Test images per dataset, from the run index."""
+    return dict(zip(runs["dataset"], runs["n_test"].astype(int), strict=True))
+
+
+def _run_index_row(
+    study: dict[str, Any], spec: RunSpec, config: dict[str, Any], anytime: pd.DataFrame
+) -> dict[str, Any]:
     return {
         **{key: getattr(spec, key) for key in RUN_KEYS},
         "hparams": json.dumps(config["hparams"], sort_keys=True),
@@ -191,6 +228,7 @@ def _run_index_row(spec: RunSpec, config: dict[str, Any], anytime: pd.DataFrame)
         "train_subset": config.get("train_subset"),
         "exits": int(anytime["exit"].max()),
         "last_mflops": float(anytime["mflops"].max()),
+        "n_test": n_test_images(study, spec.dataset),
     }
 
 
@@ -211,7 +249,7 @@ def load_results(
         run_anytime = read_tidy(files["anytime"], "anytime")
         anytime.append(run_anytime)
         budgeted.append(read_tidy(files["budgeted"], "budgeted"))
-        index.append(_run_index_row(spec, config, run_anytime))
+        index.append(_run_index_row(study, spec, config, run_anytime))
     if stale:
         raise ConfigError(
             f"{len(stale)} runs were made under another config than the study's now, e.g. "
@@ -244,13 +282,23 @@ def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- tables
 
 
-def summarise(frame: pd.DataFrame, keys: list[str], values: list[str]) -> pd.DataFrame:
-    """Mean and std over seeds of each value column per key, and `n_seeds` (non-NaN top1)."""
+def summarise(
+    frame: pd.DataFrame, keys: list[str], values: list[str], n_test: dict[str, int]
+) -> pd.DataFrame:
+    """Mean and std over seeds of each value column per key, `n_seeds` (non-NaN top1) and
+    the 95% interval of top-1 (`n_test`: test images per dataset, for one seed)."""
     grouped = frame.groupby(keys, sort=False, dropna=False)
-    stats = grouped[values].agg(["mean", "std"])
-    stats.columns = [f"{value}_{stat}" for value, stat in stats.columns]
-    stats["n_seeds"] = grouped["top1"].count()
-    return stats.reset_index()
+    summary = grouped[values].agg(["mean", "std"])
+    summary.columns = [f"{value}_{stat}" for value, stat in summary.columns]
+    summary["n_seeds"] = grouped["top1"].count()
+    summary = summary.reset_index()
+    low, high, method = point_interval(
+        summary["top1_mean"],
+        summary["top1_std"],
+        summary["n_seeds"],
+        summary["dataset"].map(n_test),
+    )
+    return summary.assign(**dict(zip(INTERVAL_COLUMNS, (low, high, method), strict=True)))
 
 
 def table1_budgets(dataset_config: dict[str, Any], last_mflops: float) -> np.ndarray:
@@ -368,14 +416,18 @@ def _comparison_rows(row: pd.Series, results: StudyResults) -> list[dict[str, An
         read = [_ours_at(row, run, results) for _, run in group.iterrows()]
         cost, top1 = (np.array([r[i] for r in read], dtype=np.float64) for i in (0, 1))
         ours = top1.mean() if np.isfinite(top1).all() else np.nan
+        std = top1.std(ddof=1) if len(top1) > 1 else np.nan
+        low, high, _ = point_interval(ours, std, len(top1), group["n_test"].iloc[0])
         rows.append(
             {
                 **paper,
                 "ours_backbone": backbone,
                 "ours_mflops": cost.mean(),
                 "ours_top1": ours,
-                "ours_top1_std": top1.std(ddof=1) if len(top1) > 1 else np.nan,
+                "ours_top1_std": std,
                 "ours_seeds": len(top1),
+                "ours_ci_low": float(low),
+                "ours_ci_high": float(high),
                 "difference": ours - row["top1"],
                 "note": read[0][2],
             }
@@ -464,25 +516,31 @@ def build_tables(
 
     `results_root` is the study's folder `results/<study>/` that holds `runs/`.
     """
+    from eebench.pipelines.claims import build_claims  # it builds on this module's helpers
+
     results = load_results(study, results_root, allow_missing)
     table1 = build_table1(study, results)
     calibration, calibration_bins = build_calibration(results, results_root)
     run_keys = RUN_KEYS[:4]
+    n_test = n_test_by_dataset(results.runs)
     frames = {
         "anytime.csv": results.anytime,
         "budgeted.csv": results.budgeted,
         "table1.csv": table1,
         "paper_comparison.csv": build_paper_comparison(results),
         "runs.csv": results.runs,
-        "anytime_summary.csv": summarise(results.anytime, [*run_keys, "exit"], ["mflops", "top1"]),
+        "anytime_summary.csv": summarise(
+            results.anytime, [*run_keys, "exit"], ["mflops", "top1"], n_test
+        ),
         "budgeted_summary.csv": summarise(
-            results.budgeted, [*run_keys, "policy", "p", "q"], ["mflops", "top1"]
+            results.budgeted, [*run_keys, "policy", "p", "q"], ["mflops", "top1"], n_test
         ),
         "table1_summary.csv": summarise(
-            table1, ["dataset", "backbone", "features", "budget_mflops"], ["top1"]
+            table1, ["dataset", "backbone", "features", "budget_mflops"], ["top1"], n_test
         ),
         "calibration.csv": calibration,
         "calibration_bins.csv": calibration_bins,
+        "claims.csv": build_claims(study, results, results_root),
     }
     out = Path(results_root) / "tables"
     paths = []

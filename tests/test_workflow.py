@@ -1,5 +1,6 @@
-"""The Snakemake workflow: the paper study's whole job graph without any data, and bad
-study configs stopped before any job, naming the key or name at fault.
+"""The Snakemake workflow: the paper study's whole job graph without any data, bad study
+configs stopped before any job, naming the key or name at fault, and `eebench verify`
+regenerating a tiny study from scratch.
 
 Snakemake runs as a subprocess with `--directory` a tmp folder, so nothing (results/,
 .snakemake/) is written into the repository.
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -249,3 +251,35 @@ def test_changed_config_or_lost_output_reruns_exactly_what_it_must(tmp_path: Pat
     assert (models["msdnet_fmnist"].parent / "outputs.npz").is_file()
     retrained = yaml.safe_load((models["ranet_fmnist"].parent / "config.yaml").read_text())
     assert retrained["recipe"]["lr"] == 0.05
+
+
+def test_verify_regenerates_a_study_and_names_a_moved_number(tmp_path: Path) -> None:
+    """`eebench verify` reruns a finished tiny study from scratch in another folder: every
+    table agrees; then a committed top-1 moved by 10 points is reported, naming the table."""
+    study = copy.deepcopy(TINY_STUDY)
+    study["datasets"]["fashion_mnist"]["backbones"] = ["msdnet_fmnist"]
+    study["datasets"]["fashion_mnist"]["recipe_overrides"]["epochs"] = 1
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(study))
+    profile = ["--profile", str(REPO / "profiles" / "default"), "--cores", "2"]
+    result = snakemake(tmp_path, *profile, "--configfile", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    committed = tmp_path / "results" / "tiny"
+    verify = [sys.executable, "-m", "eebench.pipelines.cli", "verify", "--study", str(config)]
+    verify += ["--results", str(committed)]
+
+    def run_verify(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*verify, *args], capture_output=True, text=True, cwd=tmp_path)
+
+    again = tmp_path / "again"
+    result = run_verify("--workdir", str(again))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].endswith("; all agree")
+    anytime = committed / "tables" / "anytime.csv"
+    frame = pd.read_csv(anytime, keep_default_na=False)
+    frame.loc[0, "top1"] += 10.0
+    frame.to_csv(anytime, index=False)
+    result = run_verify("--tables-from", str(again / "results" / "tiny"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "DISAGREE  anytime.csv: " in result.stdout
+    assert "method=standard variant= seed=0 exit=1: top1 " in result.stdout

@@ -13,7 +13,7 @@ per method and backbone family, and are written beside ours in each figure's CSV
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -34,9 +34,11 @@ from eebench.pipelines.registry import UnknownNameError
 from eebench.pipelines.tables import (
     PAPER_DATASETS,
     backbone_family,
+    n_test_by_dataset,
     paper_method,
     paper_reported,
     read_table,
+    stand_in,
 )
 
 DPI = 200
@@ -59,6 +61,8 @@ PAPER_FILLS = ("full", "left", "bottom", "right")
 SOURCE, OURS, PAPER = "source", "ours", "paper"
 #: Column of the figure CSVs: where the paper reports a point (empty for ours).
 REPORTED_IN = "reported_in"
+#: The study whose results the captions of every other reduced study point to for conclusions.
+EVIDENCE_STUDY = "evidence"
 INTERPOLATION_NOTE = (
     "Top-1 at a budget: linear interpolation in cost between the two neighbouring points of "
     "the run's budgeted curve (max-softmax exits, thresholds fitted on val)"
@@ -118,8 +122,9 @@ def budget_label(budget: float) -> str:
 
 @dataclass(frozen=True)
 class StudyTables:
-    """What the figures read: the summaries (mean/std per point), the budgeted curves per
-    seed, the run index, the paper, and the calibration tables (per seed)."""
+    """What the figures read: the summaries (mean, std and 95% interval per point), the
+    budgeted curves per seed, the run index, the paper, the calibration tables (per seed)
+    and the claims."""
 
     study: dict[str, Any]
     anytime: pd.DataFrame
@@ -130,6 +135,7 @@ class StudyTables:
     paper: pd.DataFrame
     calibration: pd.DataFrame
     calibration_bins: pd.DataFrame
+    claims: pd.DataFrame
 
     @property
     def datasets(self) -> list[str]:
@@ -143,12 +149,7 @@ class StudyTables:
 
     def stand_in(self, paper_dataset: str) -> str | None:
         """The paper's dataset if the study has it, else the study dataset standing in for it."""
-        if paper_dataset in self.study["datasets"]:
-            return paper_dataset
-        for dataset, config in self.study["datasets"].items():
-            if paper_dataset in config.get("stands_in_for", []):
-                return dataset
-        return None
+        return stand_in(self.study, paper_dataset)
 
 
 def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
@@ -167,6 +168,7 @@ def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
         paper=paper_reported(),
         calibration=read_table(tables / "calibration.csv"),
         calibration_bins=read_table(tables / "calibration_bins.csv"),
+        claims=read_table(tables / "claims.csv"),
     )
 
 
@@ -193,21 +195,35 @@ def _dataset_summary(dataset: str, runs: pd.DataFrame) -> str:
     return f"{dataset_label(dataset)}, {_n_train(dataset, runs['train_subset'])}, {listed} {unit}"
 
 
-def caption(tables: StudyTables, datasets: Iterable[str | None]) -> str:
-    """Study, datasets (training images, epochs), seeds, and whether it is the paper's setting."""
+def interval_note(tables: StudyTables) -> str:
+    """How the error bars and bands of the study are made (docs/protocol.md, "Uncertainty")."""
+    seeds = len(tables.study["seeds"])
+    if seeds > 1:
+        return f"error bars and bands: 95% t-interval of the mean over the {seeds} seeds"
+    sizes = " / ".join(f"{n:,}" for n in sorted(set(n_test_by_dataset(tables.runs).values())))
+    return (
+        "one seed: error bars and bands are the 95% binomial (Wilson) interval of top-1 over "
+        f"the {sizes or 'test'} test images; differences inside them are sampling noise "
+        "(paired tests of the paper's claims: figures/claims)"
+    )
+
+
+def caption(tables: StudyTables, datasets: Iterable[str | None], intervals: bool = True) -> str:
+    """Study, datasets (training images, epochs), seeds, how the intervals drawn are made
+    (`intervals`), and whether it is the paper's setting (a reduced study points to the
+    evidence study for conclusions)."""
     shown = [d for d in datasets if d]
     runs = tables.runs[tables.runs["dataset"].isin(shown)]
     parts = [_dataset_summary(d, runs[runs["dataset"] == d]) for d in shown]
     seeds = tables.study["seeds"]
-    seed_text = (
-        f"seed {seeds[0]}"
-        if len(seeds) == 1
-        else f"seeds {', '.join(map(str, seeds))} (mean ± std)"
-    )
+    seed_text = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     reduced = any(d not in PAPER_DATASETS for d in shown) or runs["train_subset"].notna().any()
     note = " — reduced study, not the paper's setting" if reduced else ""
+    if reduced and tables.study["study"] != EVIDENCE_STUDY:
+        note += f"; for conclusions see the {EVIDENCE_STUDY} study (results/{EVIDENCE_STUDY}/)"
     shown_text = "; ".join(parts) or "no matching dataset"
-    return f"study {tables.study['study']}: {shown_text}; {seed_text}{note}"
+    how = f" ({interval_note(tables)})" if intervals else ""
+    return f"study {tables.study['study']}: {shown_text}; {seed_text}{how}{note}"
 
 
 def panel_title(tables: StudyTables, dataset: str, paper_dataset: str | None = None) -> str:
@@ -271,20 +287,25 @@ def paper_points(tables: StudyTables, paper_figure: str, dataset: str | None) ->
 
 
 def draw_curve(
-    ax: Axes, points: pd.DataFrame, display: Display, x_column: str = "mflops_mean", **line: Any
+    ax: Axes,
+    points: pd.DataFrame,
+    display: Display,
+    x_column: str = "mflops_mean",
+    bars: bool = False,
+    **line: Any,
 ) -> None:
-    """Mean top-1 against `x_column` (mean cost), and the ±std over seeds when there are
-    several: a band around a line, error bars on points drawn without one."""
+    """Mean top-1 against `x_column` (mean cost) with its 95% interval (`top1_ci_low`,
+    `top1_ci_high`): error bars when `bars` or on points drawn without a line, else a band."""
     points = points.sort_values(x_column)
     x, mean = points[x_column], points["top1_mean"]
     ax.plot(x, mean, color=display.color, marker=display.marker, **line)
-    if not (points["n_seeds"] > 1).any():
-        return
-    std = points["top1_std"]
-    if line.get("linestyle") == "none":
-        ax.errorbar(x, mean, yerr=std, fmt="none", ecolor=display.color, elinewidth=1.0)
+    low, high = points["top1_ci_low"], points["top1_ci_high"]
+    if bars or line.get("linestyle") == "none":
+        ax.errorbar(
+            x, mean, yerr=[mean - low, high - mean], fmt="none", ecolor=display.color, lw=1.0
+        )
     else:
-        ax.fill_between(x, mean - std, mean + std, color=display.color, alpha=0.15, linewidth=0)
+        ax.fill_between(x, low, high, color=display.color, alpha=0.15, linewidth=0)
 
 
 def rule_line(rule: type[ExitRule] | None, markevery: int) -> dict[str, Any]:
@@ -297,8 +318,11 @@ def rule_line(rule: type[ExitRule] | None, markevery: int) -> dict[str, Any]:
     return {"linestyle": rule.linestyle, "markevery": markevery}
 
 
-def draw_curves(ax: Axes, frame: pd.DataFrame, backbones: list[str], markevery: int) -> None:
-    """One line per backbone × method × variant (× exit rule, in that rule's line style)."""
+def draw_curves(
+    ax: Axes, frame: pd.DataFrame, backbones: list[str], markevery: int, bars: bool
+) -> None:
+    """One line per backbone × method × variant (× exit rule, in that rule's line style),
+    with error bars (`bars`: anytime points) or bands (budgeted curves)."""
     keys = [*CURVE_KEYS, "policy"] if "policy" in frame else CURVE_KEYS
     for key, points in frame.groupby(keys, sort=False):
         backbone, method, variant = key[:3]
@@ -308,7 +332,7 @@ def draw_curves(ax: Axes, frame: pd.DataFrame, backbones: list[str], markevery: 
         label = f"{backbone_label(backbone)} + {display.label}{suffix}"
         fill = FILLS[backbones.index(backbone) % len(FILLS)]
         line = {**rule_line(rule, markevery), "fillstyle": fill, "label": label}
-        draw_curve(ax, points, display, markersize=5, linewidth=1.4, **line)
+        draw_curve(ax, points, display, bars=bars, markersize=5, linewidth=1.4, **line)
 
 
 def note(ax: Axes, text: str) -> None:
@@ -387,7 +411,8 @@ class Panel:
         if self.rows.empty:
             note(ax, "no runs for this panel\nin this study")
             return
-        draw_curves(ax, self.rows, backbones, markevery=4 if self.budgeted else 1)
+        markevery = 4 if self.budgeted else 1
+        draw_curves(ax, self.rows, backbones, markevery, bars=not self.budgeted)
         _draw_paper(ax, self.paper, backbones)
         ax.set_xlabel("average MFLOPs per image" if self.budgeted else "MFLOPs of the exit")
         ax.set_ylabel("top-1 accuracy (%)")
@@ -420,12 +445,17 @@ def budgeted_panel(
 
 
 def new_figure(
-    panels: int, rows: int = 1, size: tuple[float, float] = PANEL_SIZE
+    panels: int,
+    rows: int = 1,
+    size: tuple[float, float] = PANEL_SIZE,
+    heights: Sequence[float] | None = None,
 ) -> tuple[Figure, list[Axes]]:
-    """A figure of rows × panels axes, wide enough for the legend under it."""
+    """A figure of rows × panels axes, wide enough for the legend under it; `heights`: the
+    rows' relative heights (default: equal)."""
     fig = Figure(figsize=(max(size[0] * panels, MIN_WIDTH), size[1] * rows))
     FigureCanvasAgg(fig)
-    return fig, list(fig.subplots(rows, panels, squeeze=False).flat)
+    grid = {"height_ratios": heights} if heights else None
+    return fig, list(fig.subplots(rows, panels, squeeze=False, gridspec_kw=grid).flat)
 
 
 def finish(fig: Figure, axes: list[Axes], text: str) -> None:

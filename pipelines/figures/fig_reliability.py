@@ -143,7 +143,7 @@ def draw(tables: StudyTables, out: Path) -> list[Path]:
         fig, axes = new_figure(1, size=PANEL_SIZE)
         axes[0].set_title(NAME.replace("_", " "))
         note(axes[0], "no post-hoc run that lists\nthis figure in this study")
-        finish(fig, axes, f"{caption(tables, tables.datasets)}. {NOTE}")
+        finish(fig, axes, f"{caption(tables, tables.datasets, intervals=False)}. {NOTE}")
         return save(fig, out, NAME, pd.DataFrame(columns=COLUMNS))
     runs = pd.concat([sources(tables, after), after], ignore_index=True)
     points = _ordered(pooled_points(tables, runs))
@@ -172,5 +172,5 @@ def draw(tables: StudyTables, out: Path) -> list[Path]:
         if ax not in used:
             ax.set_visible(False)
     shown = sorted({dataset for dataset, _ in groups}, key=tables.datasets.index)
-    finish(fig, used, f"{caption(tables, shown)}. {NOTE}")
+    finish(fig, used, f"{caption(tables, shown, intervals=False)}. {NOTE}")
     return save(fig, out, NAME, pd.concat(drawn, ignore_index=True)[COLUMNS])

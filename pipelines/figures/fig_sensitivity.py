@@ -37,11 +37,17 @@ from eebench.pipelines.figures.common import (
     panel_title,
     save,
 )
-from eebench.pipelines.tables import run_hparams, summarise, top1_at_budgets
+from eebench.pipelines.tables import (
+    INTERVAL_COLUMNS,
+    n_test_by_dataset,
+    run_hparams,
+    summarise,
+    top1_at_budgets,
+)
 
 NAME = "fig_sensitivity"
 KEYS = ["dataset", "backbone", "method", "hparam", "variant", "value", "budget_mflops"]
-SUMMARY_COLUMNS = [*KEYS, "top1_mean", "top1_std", "n_seeds"]
+SUMMARY_COLUMNS = [*KEYS, "top1_mean", "top1_std", "n_seeds", *INTERVAL_COLUMNS]
 #: The note panel of a study where no registered method declares a sweep.
 ANY_SWEEP = Sweep("", "hyperparameter", "")
 SENSITIVITY_NOTE = f"{INTERPOLATION_NOTE}; a budget outside a curve's cost range is not drawn."
@@ -70,8 +76,8 @@ def _swept_runs(tables: StudyTables, method: str) -> Iterator[tuple[pd.Series, l
 
 
 def sensitivity_points(tables: StudyTables) -> pd.DataFrame:
-    """Top-1 (mean, std, n_seeds) at the Table 1 budgets of every swept value of every
-    method with sweeps; budgets outside a curve (NaN) are left out."""
+    """Top-1 (mean, std, n_seeds, 95% interval) at the Table 1 budgets of every swept value
+    of every method with sweeps; budgets outside a curve (NaN) are left out."""
     rows = []
     for method in TRAIN_METHODS:
         for run, sweeps in _swept_runs(tables, method):
@@ -86,7 +92,7 @@ def sensitivity_points(tables: StudyTables) -> pd.DataFrame:
     points = pd.DataFrame(rows, columns=[*KEYS, "top1"]).dropna(subset=["top1"])
     if points.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    return summarise(points, KEYS, ["top1"])
+    return summarise(points, KEYS, ["top1"], n_test_by_dataset(tables.runs))
 
 
 def _budget_styles(points: pd.DataFrame, method: str) -> dict[float, Display]:
@@ -150,7 +156,7 @@ def _draw_row(tables: StudyTables, axes: list[Axes], points: pd.DataFrame, row: 
 
 @register_figure(NAME)
 def draw(tables: StudyTables, out: Path) -> list[Path]:
-    """Mean ± std over seeds; notes when no run of the study is a sweep point."""
+    """Mean and 95% interval per point; notes when no run of the study is a sweep point."""
     points = sensitivity_points(tables)
     rows: list[Row] = list(
         dict.fromkeys(zip(points["dataset"], points["backbone"], points["method"], strict=True))

@@ -6,6 +6,7 @@ and also written as Markdown and LaTeX, with the paper's value beside ours where
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,11 @@ from eebench.pipelines.tables import TABLE1, backbone_family, paper_method
 NAME = TABLE1
 #: The column of tables/table1*.csv that holds each run's row label.
 ROW_COLUMN = "features"
-TABLE1_NOTE = f"{INTERPOLATION_NOTE}; – = budget outside the curve's cost range."
+TABLE1_NOTE = (
+    f"{INTERPOLATION_NOTE}; – = budget outside the curve's cost range; ± = std over seeds, or "
+    "with one seed half the width of the 95% binomial (Wilson) interval over the test images, "
+    "inside which differences are sampling noise (paired tests: figures/claims)"
+)
 NO_RUNS = "No Table 1 runs in this study"
 
 
@@ -57,10 +62,12 @@ def _row_labels(labels: pd.Series) -> list[str]:
     return [*declared, *(label for label in present if label not in declared)]
 
 
-def _cell(mean: float, std: float, n: int, paper: float, pm: str) -> str:
-    if np.isnan(mean):
+def _cell(point: Any, paper: float, pm: str) -> str:
+    """'mean ± std' (several seeds) or 'mean ± half the binomial interval' (one seed)."""
+    if np.isnan(point.top1_mean):
         return "–"
-    text = f"{mean:.2f} {pm} {std:.2f}" if n > 1 else f"{mean:.2f}"
+    spread = point.top1_std if point.n_seeds > 1 else (point.top1_ci_high - point.top1_ci_low) / 2
+    text = f"{point.top1_mean:.2f} {pm} {spread:.2f}"
     return text if np.isnan(paper) else f"{text} (paper {paper:.2f})"
 
 
@@ -114,7 +121,7 @@ def table1_grids(tables: StudyTables, pm: str = "±") -> dict[str, pd.DataFrame]
             label = getattr(point, ROW_COLUMN)
             reported = paper.get((label, float(point.budget_mflops)), np.nan)
             cells.setdefault(budget_label(point.budget_mflops), {})[label] = _cell(
-                point.top1_mean, point.top1_std, point.n_seeds, reported, pm
+                point, reported, pm
             )
         columns = [budget_label(b) for b in sorted(group["budget_mflops"].unique())]
         grid = pd.DataFrame(cells).reindex(index=_row_labels(group[ROW_COLUMN]), columns=columns)
@@ -211,7 +218,7 @@ def _draw_grid(ax: Axes, title: str, grid: pd.DataFrame) -> None:
 def draw(tables: StudyTables, out: Path) -> list[Path]:
     """Table 1 rendered as an image (PNG/PDF), plus its Markdown and LaTeX versions."""
     datasets = list(tables.table1["dataset"].unique())
-    text = caption(tables, datasets or tables.datasets)
+    text = caption(tables, datasets or tables.datasets, intervals=False)
     grids = table1_grids(tables)
     columns = max((len(grid.columns) for grid in grids.values()), default=4)
     lines = max((len(grid) for grid in grids.values()), default=1)

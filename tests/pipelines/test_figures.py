@@ -251,6 +251,38 @@ def test_frozen_ours_is_drawn_under_the_gaters_score_rule_only(
     assert f"{label} drawn with the score exit rule only" in captions
 
 
+def test_intervals_are_error_bars_on_anytime_points_and_bands_on_budgeted_curves(
+    make_study: Callable[..., dict[str, Any]],
+    make_results: Callable[[dict[str, Any]], Path],
+    draw_figure: DrawFigure,
+) -> None:
+    """Also with one seed (the binomial interval); the caption says which interval it is and,
+    for a reduced study, where its conclusions are."""
+    study = make_study("fashion_mnist")
+    study["seeds"] = [0]
+    root = make_results(study)
+    build_tables(study, root)
+    tables = load_tables(study, root)
+    anytime = draw_figure("fig2_anytime", tables, root / "figures")
+    assert len(anytime.axes[0].containers) == len(lines_labelled(anytime, ""))  # error bars
+    budgeted = draw_figure("fig3_budgeted", tables, root / "figures")
+    assert len(budgeted.axes[0].collections) == len(lines_labelled(budgeted, ""))  # bands
+    assert not budgeted.axes[0].containers
+    caption = " ".join(text.get_text().replace("\n", " ") for text in anytime.texts)
+    assert "95% binomial (Wilson) interval of top-1 over the 10,000 test images" in caption
+    assert "differences inside them are sampling noise" in caption
+    assert "for conclusions see the evidence study (results/evidence/)" in caption
+
+
+def test_claims_figure_draws_every_claim_row(figures: Path, fake_tables: Path) -> None:
+    drawn = read_table(figures / "claims.csv")
+    claims = read_table(fake_tables / "tables" / "claims.csv")
+    assert drawn[["id", "backbone", "verdict"]].equals(claims[["id", "backbone", "verdict"]])
+    text = (figures / "claims.md").read_text()
+    assert "| C1: Ours beats standard training at every exit | cifar100, msdnet_cifar |" in text
+    assert "paired bootstrap" in text
+
+
 def test_sensitivity_without_a_sweep_draws_notes_and_no_points(figures: Path) -> None:
     assert (figures / "fig_sensitivity.png").read_bytes().startswith(PNG_MAGIC)
     points = read_table(figures / "fig_sensitivity.csv")

@@ -15,6 +15,7 @@ import pytest
 from eebench.pipelines.config import ConfigError
 from eebench.pipelines.outputs import RunOutputs, SplitOutputs, write_outputs
 from eebench.pipelines.reliability import bin_index, ece, nll, reliability_bins
+from eebench.pipelines.stats import BINOMIAL, T_INTERVAL, wilson_interval
 from eebench.pipelines.tables import (
     CALIBRATION_BIN_COLUMNS,
     CALIBRATION_COLUMNS,
@@ -83,6 +84,30 @@ def test_summaries_give_mean_and_std_over_seeds(tables: dict[str, pd.DataFrame])
     anytime = tables["anytime_summary"]
     last = anytime[(anytime["backbone"] == "msdnet_cifar") & (anytime["method"] == "standard")]
     assert last["top1_mean"].iloc[-1] == pytest.approx(80.5)
+
+
+def test_summaries_give_a_t_interval_over_seeds_or_a_binomial_one_for_one_seed(
+    tables: dict[str, pd.DataFrame],
+    make_study: Callable[..., dict[str, Any]],
+    make_results: Callable[[dict[str, Any]], Path],
+) -> None:
+    row = tables["table1_summary"].set_index(["features", "budget_mflops"]).loc[("confidence", 30)]
+    half = 12.706204736 * np.sqrt(0.5) / np.sqrt(2)  # t(0.975, 1 dof) · std / √n
+    assert (row["top1_ci_low"], row["top1_ci_high"]) == pytest.approx(
+        (row["top1_mean"] - half, row["top1_mean"] + half)
+    )
+    assert row["ci_method"] == T_INTERVAL
+    assert set(tables["runs"]["n_test"]) == {10_000}  # CIFAR-100's test set
+    comparison = tables["paper_comparison"].dropna(subset=["ours_top1"])
+    assert (comparison["ours_ci_low"] < comparison["ours_top1"]).all()
+    study = make_study()
+    study["seeds"] = [0]
+    root = make_results(study)
+    build_tables(study, root)
+    one = read_table(root / "tables" / "anytime_summary.csv").iloc[0]
+    low, high = wilson_interval(one["top1_mean"], 10_000)
+    assert (one["top1_ci_low"], one["top1_ci_high"]) == pytest.approx((low, high))
+    assert one["ci_method"] == BINOMIAL and np.isnan(one["top1_std"])
 
 
 def test_paper_comparison_matches_features_methods_and_budgets(
