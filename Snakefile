@@ -7,7 +7,10 @@
 
 Every job is one `eebench` command; the study config (validated here against
 pipelines/schemas/study.schema.yaml, then against the registries) is the only input
-that the commands share. Results go to results/<study>/ (layout: docs/protocol.md).
+that the commands share. Results go to results/<study>/ (layout: docs/protocol.md); the
+tables stage also tests the paper's claims on the runs' per-sample outputs (claims.csv).
+`eebench verify` (make verify) reruns this workflow from scratch in a temporary directory
+and compares every committed table with the new one (docs/protocol.md, "Verify").
 """
 
 import shlex
@@ -40,7 +43,12 @@ EEBENCH = eebench_command()
 COMMON = f"--study {shlex.quote(str(STUDY_FILE))} --results {shlex.quote(ROOT)}"
 RUN_COMMAND = "{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {threads} > {log:q} 2>&1"
 GPUS = gpus_per_job(STUDY)
+# Training on several GPUs: torchrun starts one `eebench train` per GPU (data parallel).
+LAUNCH = launcher(GPUS)
+TRAIN_COMMAND = "{LAUNCH}" + RUN_COMMAND
 TRAIN_MINUTES = STUDY.get("slurm", {}).get("time_minutes", 24 * 60)
+# Runs whose real early exit is timed (the study's `latency` section), and their pattern.
+LATENCY_RUNS = latency_runs(STUDY)
 
 
 def spec_of(wildcards):
@@ -60,6 +68,8 @@ def run_files(spec):
     names = ["anytime.csv", "budgeted.csv", "outputs.npz", "exit_rules.json"]
     if method_kind(spec.method) == "train":
         names.append("features.npz")
+    if spec in LATENCY_RUNS:
+        names.append("latency.csv")
     return [f"{ROOT}/{spec.path}/{name}" for name in names]
 
 
@@ -118,7 +128,7 @@ rule train:
     resources:
         **resources(mem_mb=16000, runtime=TRAIN_MINUTES, gpu=GPUS),
     shell:
-        RUN_COMMAND
+        TRAIN_COMMAND
 
 
 rule evaluate:
@@ -140,7 +150,7 @@ rule evaluate:
         f"{ROOT}/logs/evaluate/{{run}}.log",
     threads: 8
     resources:
-        **resources(mem_mb=16000, runtime=120, gpu=GPUS),
+        **resources(mem_mb=16000, runtime=120, gpu=min(GPUS, 1)),  # one process
     shell:
         RUN_COMMAND
 
@@ -166,6 +176,31 @@ rule calibrate:
     threads: 4
     resources:
         **resources(mem_mb=16000, runtime=120),
+    shell:
+        RUN_COMMAND
+
+
+rule latency:
+    input:
+        # the run's evaluated (or calibrated) files and, for a post-hoc run, its source's model
+        lambda wildcards: [
+            f"{ROOT}/{wildcards.run}/{name}" for name in ("outputs.npz", "exit_rules.json")
+        ]
+        + [f"{ROOT}/{up.path}/model.pt" for up in needed_runs(STUDY, RUNS, spec_of(wildcards))],
+        split=run_split,
+    output:
+        f"{ROOT}/{{run}}/latency.csv",
+    wildcard_constraints:
+        run=run_pattern(LATENCY_RUNS),
+    params:
+        config=run_config_hash,
+        latency=STUDY.get("latency"),
+    log:
+        f"{ROOT}/logs/latency/{{run}}.log",
+    # every core: timings are only meaningful with no other job on the machine
+    threads: workflow.cores
+    resources:
+        **resources(mem_mb=8000, runtime=30),
     shell:
         RUN_COMMAND
 

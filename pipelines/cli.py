@@ -119,6 +119,30 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     print(f"calibrated: {run_dir / 'outputs.npz'}")
 
 
+def cmd_infer(args: argparse.Namespace) -> None:
+    from eebench.pipelines.infer import choose_decision, deploy, infer_summary, split_batches
+
+    _, run_dir, split_dir = _run_config(args)
+    deployed = deploy(run_dir, args.device)
+    decision = choose_decision(deployed, args.rule, point=args.p, budget=args.budget)
+    batches = split_batches(deployed.run, split_dir, args.split)
+    print(infer_summary(deployed, batches, decision, args.mode, args.max_samples, args.out))
+
+
+def cmd_latency(args: argparse.Namespace) -> None:
+    from eebench.pipelines.infer import LATENCY_FILE, measure_run_latency
+
+    _, run_dir, split_dir = _run_config(args)
+    if not args.study:
+        raise SystemExit("give --study: the study's `latency` section says what to time")
+    study, _ = _study_paths(args)
+    if "latency" not in study:
+        raise SystemExit(f"{args.study} has no `latency` section (see config/default.yaml)")
+    _setup_logging(run_dir / "latency.log")
+    measure_run_latency(study, run_dir, split_dir, args.device)
+    print(f"timed: {run_dir / LATENCY_FILE}")
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     from eebench.pipelines.tables import build_tables
 
@@ -216,6 +240,30 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_infer_options(infer: argparse.ArgumentParser, latency: argparse.ArgumentParser) -> None:
+    for parser in (infer, latency):
+        _add_run(parser)
+        parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    infer.add_argument(
+        "--rule", default="max_softmax", help="exit rule whose saved decision to use"
+    )
+    point = infer.add_mutually_exclusive_group(required=True)
+    point.add_argument("--p", type=int, help="budget index p of the rule (1-39 for q-rules)")
+    point.add_argument(
+        "--budget", type=float, help="MFLOPs: the costliest saved decision within it (on val)"
+    )
+    infer.add_argument(
+        "--mode",
+        choices=("batch", "stream"),
+        default="batch",
+        help="batch: throughput over eval batches; stream: one sample at a time, latency "
+        "percentiles (default: batch)",
+    )
+    infer.add_argument("--split", choices=("test", "val"), default="test")
+    infer.add_argument("--max-samples", type=int, help="stop after this many samples")
+    infer.add_argument("--out", help="write predictions and exits to this .npz file")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "data": (cmd_data, "check that a dataset is present, or download it"),
     "flops": (cmd_flops, "per-exit cumulative MFLOPs and parameters of every backbone config"),
@@ -223,6 +271,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "train": (cmd_train, "train one run (resumes an interrupted run; skips a finished one)"),
     "evaluate": (cmd_evaluate, "logits, features, anytime and budgeted curves of a trained run"),
     "calibrate": (cmd_calibrate, "fit a post-hoc method on a trained run's val outputs"),
+    "infer": (
+        cmd_infer,
+        "real early exit of a finished run with one saved exit decision: predictions, exits, "
+        "accuracy, cost and measured time",
+    ),
+    "latency": (
+        cmd_latency,
+        "time a run's real early exit at the study's budgets (latency.csv): measured vs "
+        "FLOPs-predicted speed-up",
+    ),
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
@@ -269,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["evaluate"].add_argument(
         "--no-features", action="store_true", help="skip the per-exit features (post-hoc inputs)"
     )
+    _add_infer_options(parsers["infer"], parsers["latency"])
     for name in ("tables", "figures", "check", "verify"):
         _add_study(parsers[name])
     verify = parsers["verify"]
@@ -294,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command not in {"train", "evaluate", "calibrate"}:
+    if args.command not in {"train", "evaluate", "calibrate", "latency"}:
         _setup_logging()
     from eebench.pipelines.errors import user_errors
 

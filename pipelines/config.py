@@ -63,10 +63,32 @@ def load_study(path: str | Path) -> dict[str, Any]:
 
 def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
     validate(data, "study", origin)
-    study = _fill_defaults(data, load_schema("study"))
+    schema = load_schema("study")
+    study = _fill_defaults(data, schema)
     for spec in expand_runs(study):
         resolve_run(study, spec)  # raises ConfigError on any bad name or value
+    if "latency" in study:
+        study["latency"] = _fill_defaults(study["latency"], schema["properties"]["latency"])
+        _check_latency(study, origin)
     return study
+
+
+def _check_latency(study: dict[str, Any], origin: str) -> None:
+    """Every run the latency section names exists in the study; its rule is registered."""
+    from eebench.methods import EXIT_RULES
+    from eebench.pipelines.registry import UnknownNameError
+
+    section = study["latency"]
+    known = sorted({spec.method_dir for spec in expand_runs(study)})
+    unknown = [name for name in section["runs"] if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"{origin}: latency/runs: {unknown} are not runs of this study; use some of {known}"
+        )
+    try:
+        EXIT_RULES.get(section["rule"])
+    except UnknownNameError as error:
+        raise ConfigError(f"{origin}: latency/rule: {error}") from None
 
 
 @dataclass(frozen=True, order=True)
@@ -117,6 +139,15 @@ def expand_runs(study: dict[str, Any]) -> list[RunSpec]:
                         if spec not in specs:
                             specs.append(spec)
     return specs
+
+
+def latency_runs(study: dict[str, Any]) -> list[RunSpec]:
+    """The runs whose real early exit the study times (its `latency` section): those of
+    the named method[-variant]s, first seed only (one timing per model is what the figure
+    shows; the seeds' models cost the same)."""
+    named = set(study.get("latency", {}).get("runs", []))
+    first = study["seeds"][0]
+    return [s for s in expand_runs(study) if s.method_dir in named and s.seed == first]
 
 
 def _run_entry(study: dict[str, Any], spec: RunSpec) -> dict[str, Any]:

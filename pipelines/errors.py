@@ -27,6 +27,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from eebench.pipelines.datasets import DatasetFormatError, DatasetNotFoundError
     from eebench.pipelines.engine import NonFiniteLossError
     from eebench.pipelines.fingerprint import RunConfigChangedError
+    from eebench.pipelines.infer import DecisionNotFoundError
     from eebench.pipelines.lock import RunLockedError
     from eebench.pipelines.outputs import OutputsFormatError
     from eebench.pipelines.registry import UnknownNameError
@@ -44,6 +45,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         OutputsFormatError,
         RunConfigChangedError,
         RunLockedError,
+        DecisionNotFoundError,
         FileNotFoundError,
         PermissionError,
     )

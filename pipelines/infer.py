@@ -86,7 +86,7 @@ def _posthoc_hook(run: dict[str, Any], run_dir: Path, num_exits: int) -> ExitHoo
     return method.eval()
 
 
-def deploy(run_dir: Path, device: torch.device) -> Deployed:
+def deploy(run_dir: Path, device: str | torch.device) -> Deployed:
     """Load a finished run (trained or post-hoc) for real early exit on `device`."""
     from eebench.pipelines.runs import resolve_device
 
@@ -109,6 +109,10 @@ def deploy(run_dir: Path, device: torch.device) -> Deployed:
 # --------------------------------------------------------------------------- decisions
 
 
+class DecisionNotFoundError(ValueError):
+    """No saved exit decision matches what was asked (rule, point or budget)."""
+
+
 def val_cost(outputs: RunOutputs, decision: ExitDecision) -> float:
     """Mean MFLOPs per val sample under the decision (the cost it was fitted to spend)."""
     exits = protocol.assign_exits(
@@ -125,19 +129,23 @@ def choose_decision(
     of_rule = [d for d in deployed.decisions if d.rule == rule]
     if not of_rule:
         known = sorted({d.rule for d in deployed.decisions})
-        raise ValueError(f"the run saved no decision of exit rule {rule!r}; it has: {known}")
+        raise DecisionNotFoundError(
+            f"the run saved no decision of exit rule {rule!r}; it has: {known}"
+        )
     if point is not None:
         for decision in of_rule:
             if decision.point == point:
                 return decision
         points = [d.point for d in of_rule]
-        raise ValueError(f"exit rule {rule!r} has no point {point}; saved points: {points}")
+        raise DecisionNotFoundError(
+            f"exit rule {rule!r} has no point {point}; saved points: {points}"
+        )
     if budget is None:
-        raise ValueError("give a budget index (--p) or a budget in MFLOPs (--budget)")
+        raise DecisionNotFoundError("give a budget index (--p) or a budget in MFLOPs (--budget)")
     costs = [val_cost(deployed.outputs, d) for d in of_rule]
     within = [i for i, cost in enumerate(costs) if cost <= budget]
     if not within:
-        raise ValueError(
+        raise DecisionNotFoundError(
             f"no decision of {rule!r} fits {budget} MFLOPs: the cheapest spends "
             f"{min(costs):.3f} MFLOPs per val sample; raise the budget"
         )
@@ -310,12 +318,13 @@ def latency_table(
     decisions: Sequence[ExitDecision],
     modes: Sequence[str] = MODES,
     stream_samples: int = 200,
+    batch_samples: int | None = None,
 ) -> pd.DataFrame:
     """Measured against predicted speed-up for each decision and mode."""
     rows = []
     for decision in decisions:
         for mode in modes:
-            limit = stream_samples if mode == "stream" else None
+            limit = stream_samples if mode == "stream" else batch_samples
             result = run_split(deployed, batches, decision, mode, max_samples=limit)
             row = speed_row(deployed, decision, result, mode)
             log.info(
@@ -325,3 +334,93 @@ def latency_table(
             )  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def infer_summary(
+    deployed: Deployed,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    decision: ExitDecision,
+    mode: str = "batch",
+    max_samples: int | None = None,
+    out: str | None = None,
+) -> str:
+    """`eebench infer`: run the split with early exit; accuracy, cost, exits and timing."""
+    result = run_split(deployed, batches, decision, mode, max_samples)
+    labels = torch.cat([y for _, y in batches]).numpy()[: len(result["exits"])]
+    if out:
+        from eebench.pipelines.io import atomic_open
+
+        with atomic_open(out, "wb") as handle:
+            np.savez(
+                handle, predictions=result["predictions"], exits=result["exits"], labels=labels
+            )
+    row = speed_row(deployed, decision, result, mode)
+    top1 = 100.0 * float((result["predictions"] == labels).mean())
+    unit = "ms per sample" if mode == "stream" else "ms per batch"
+    return "\n".join(
+        [
+            f"{deployed.run['method']} on {deployed.run['backbone']}: rule {decision.rule}, "
+            f"point {decision.point}, {row['samples']} samples ({mode}, {row['device']}, "
+            f"{row['threads']} threads)",
+            f"top-1 {top1:.2f}%, {row['mflops']:.3f} MFLOPs per sample (every exit: "
+            f"{row['full_mflops']:.3f}), exits {row['exit_fractions']}",
+            f"time: early exit p50 {row['early_ms_p50']:.2f} / p90 {row['early_ms_p90']:.2f} / "
+            f"p99 {row['early_ms_p99']:.2f} {unit}, every exit p50 {row['full_ms_p50']:.2f}",
+            f"speed-up over every exit: measured {row['measured_speedup']:.2f}x, FLOPs predict "
+            f"{row['predicted_speedup']:.2f}x (ratio {row['speedup_ratio']:.2f})",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- workflow
+
+LATENCY_FILE = "latency.csv"
+LATENCY_COLUMNS = [
+    *["dataset", "backbone", "method", "variant", "seed", "policy", "p", "mode", "device"],
+    *["threads", "samples", "mflops", "full_mflops", "predicted_speedup", "measured_speedup"],
+    *["speedup_ratio", "early_ms_p50", "early_ms_p90", "early_ms_p99", "full_ms_p50"],
+    "exit_fractions",
+]
+
+
+def split_batches(
+    run: dict[str, Any], split_dir: Path, split: str = "test"
+) -> list[tuple[Tensor, Tensor]]:
+    """A split of the run's dataset in evaluation batches, on the CPU (moved per call)."""
+    from eebench.pipelines.runs import make_loaders
+
+    loaders = make_loaders(run, split_dir, torch.device("cpu"))
+    return list(getattr(loaders, split).iterate(0))
+
+
+def measure_run_latency(
+    study: dict[str, Any], run_dir: Path, split_dir: Path, device: str = "cpu"
+) -> pd.DataFrame:
+    """The study's latency measurements of one run (its `latency` section), as latency.csv."""
+    from eebench.pipelines.io import write_csv
+
+    section = study["latency"]
+    deployed = deploy(run_dir, torch.device(device))
+    decisions = [choose_decision(deployed, section["rule"], point=p) for p in section["points"]]
+    batches = split_batches(deployed.run, split_dir)
+    log.info("timing %d decisions of %s on %d test batches", len(decisions), run_dir, len(batches))
+    samples = {key: section[key] for key in ("stream_samples", "batch_samples")}
+    table = latency_table(deployed, batches, decisions, **samples)[LATENCY_COLUMNS]
+    write_csv(Path(run_dir) / LATENCY_FILE, table)
+    return table
+
+
+def collect_latency(study: dict[str, Any], results_root: Path) -> pd.DataFrame:
+    """Every timed run's latency.csv, stacked (empty, with the columns, when none is)."""
+    from eebench.pipelines.config import latency_runs
+
+    frames = [
+        pd.read_csv(path, dtype={"variant": str})
+        for spec in latency_runs(study)
+        if (path := Path(results_root) / spec.path / LATENCY_FILE).is_file()
+    ]
+    if not frames:
+        return pd.DataFrame(columns=LATENCY_COLUMNS)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["variant"] = frame["variant"].fillna("")
+    return frame[LATENCY_COLUMNS]

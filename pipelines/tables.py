@@ -95,6 +95,7 @@ TABLE_FILES: tuple[str, ...] = (
     "calibration.csv",
     "calibration_bins.csv",
     "claims.csv",
+    "latency.csv",
 )
 
 #: Datasets the paper reports on; any other dataset is a stand-in.
@@ -517,6 +518,7 @@ def build_tables(
     `results_root` is the study's folder `results/<study>/` that holds `runs/`.
     """
     from eebench.pipelines.claims import build_claims  # it builds on this module's helpers
+    from eebench.pipelines.infer import collect_latency
 
     results = load_results(study, results_root, allow_missing)
     table1 = build_table1(study, results)
@@ -541,6 +543,7 @@ def build_tables(
         "calibration.csv": calibration,
         "calibration_bins.csv": calibration_bins,
         "claims.csv": build_claims(study, results, results_root),
+        "latency.csv": collect_latency(study, Path(results_root)),
     }
     out = Path(results_root) / "tables"
     paths = []

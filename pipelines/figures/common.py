@@ -124,7 +124,7 @@ def budget_label(budget: float) -> str:
 class StudyTables:
     """What the figures read: the summaries (mean, std and 95% interval per point), the
     budgeted curves per seed, the run index, the paper, the calibration tables (per seed)
-    and the claims."""
+    the claims and the measured early-exit speed-ups."""
 
     study: dict[str, Any]
     anytime: pd.DataFrame
@@ -136,6 +136,7 @@ class StudyTables:
     calibration: pd.DataFrame
     calibration_bins: pd.DataFrame
     claims: pd.DataFrame
+    latency: pd.DataFrame
 
     @property
     def datasets(self) -> list[str]:
@@ -169,6 +170,7 @@ def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
         calibration=read_table(tables / "calibration.csv"),
         calibration_bins=read_table(tables / "calibration_bins.csv"),
         claims=read_table(tables / "claims.csv"),
+        latency=read_table(tables / "latency.csv"),
     )
 
 

@@ -13,36 +13,52 @@ import torch
 
 from eebench.methods.base import MAX_SOFTMAX
 from eebench.pipelines import protocol
+from eebench.pipelines.cli import main
+from eebench.pipelines.config import ConfigError, check_study, latency_runs
+from eebench.pipelines.figures import build_figures
 from eebench.pipelines.infer import (
+    LATENCY_COLUMNS,
     MODES,
     Deployed,
     choose_decision,
     deploy,
     latency_table,
+    measure_run_latency,
     run_split,
+    split_batches,
     val_cost,
 )
 from eebench.pipelines.outputs import OWN_SCORE, ExitDecision
-from eebench.pipelines.runs import make_loaders
+from eebench.pipelines.tables import build_tables, read_table
 
 BACKBONES = ("msdnet_fmnist", "ranet_fmnist")
 METHODS = ("standard", "joint_bilevel", "calibrated_dnn")
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory, extension_kit: SimpleNamespace) -> Path:
+LATENCY = {"runs": ["standard", "calibrated_dnn"], "points": [10, 30], "stream_samples": 8}
+
+
+def tiny_study(extension_kit: SimpleNamespace, **extra: object) -> dict:
+    """Both backbones, the three methods; `extra` adds top-level keys (checked again)."""
     study = extension_kit.tiny_study([{"method": m} for m in METHODS])
     study["datasets"]["synthetic"]["backbones"] = list(BACKBONES)
+    return check_study({**study, **extra})
+
+
+@pytest.fixture(scope="module")
+def study(extension_kit: SimpleNamespace) -> dict:
+    return tiny_study(extension_kit, latency=LATENCY)
+
+
+@pytest.fixture(scope="module")
+def root(
+    tmp_path_factory: pytest.TempPathFactory, extension_kit: SimpleNamespace, study: dict
+) -> Path:
     return extension_kit.run_stages(study, tmp_path_factory.mktemp("infer") / "study")
 
 
 def run_dir(root: Path, backbone: str, method: str) -> Path:
     return root / "runs/synthetic" / backbone / method / "seed0"
-
-
-def split_batches(deployed: Deployed, root: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The test split in batches of the recipe's eval size, on the CPU."""
-    return list(make_loaders(deployed.run, root / "splits", torch.device("cpu")).test.iterate(0))
 
 
 def simulated(deployed: Deployed, decision: ExitDecision) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +84,7 @@ def test_early_exit_equals_the_simulated_protocol_sample_by_sample(
     root: Path, backbone: str, method: str
 ) -> None:
     deployed = deploy(run_dir(root, backbone, method), torch.device("cpu"))
-    batches = split_batches(deployed, root)
+    batches = split_batches(deployed.run, root / "splits")
     decisions = decisions_to_check(deployed)
     assert {d.rule for d in decisions} >= (
         {MAX_SOFTMAX, "score"} if method == "joint_bilevel" else {MAX_SOFTMAX}
@@ -91,7 +107,8 @@ def test_gater_scores_decide_the_exits_of_the_papers_method(root: Path) -> None:
 def test_latency_rows_put_measured_beside_predicted_speed_up(root: Path) -> None:
     deployed = deploy(run_dir(root, "msdnet_fmnist", "standard"), torch.device("cpu"))
     decision = choose_decision(deployed, MAX_SOFTMAX, point=20)
-    table = latency_table(deployed, split_batches(deployed, root), [decision], stream_samples=20)
+    batches = split_batches(deployed.run, root / "splits")
+    table = latency_table(deployed, batches, [decision], stream_samples=20)
     assert table["mode"].tolist() == list(MODES)
     assert table["samples"].tolist() == [128, 20]
     full = deployed.outputs.flops[-1]
@@ -131,3 +148,53 @@ def test_a_run_never_evaluated_is_a_quick_error(tmp_path: Path, root: Path) -> N
     (target / "config.yaml").write_text(config.read_text())
     with pytest.raises(FileNotFoundError, match="eebench evaluate"):
         deploy(target, torch.device("cpu"))
+
+
+def test_latency_runs_are_the_named_ones_of_the_first_seed(study: dict) -> None:
+    names = {(spec.backbone, spec.method_dir, spec.seed) for spec in latency_runs(study)}
+    assert names == {(b, m, 0) for b in BACKBONES for m in LATENCY["runs"]}
+
+
+def test_a_latency_section_naming_no_run_of_the_study_is_refused(
+    extension_kit: SimpleNamespace,
+) -> None:
+    with pytest.raises(ConfigError, match=r"latency/runs: \['l2w'\] are not runs"):
+        tiny_study(extension_kit, latency={"runs": ["l2w"]})
+    with pytest.raises(ConfigError, match="latency/rule: unknown exit rule 'nope'"):
+        tiny_study(extension_kit, latency={"runs": ["standard"], "rule": "nope"})
+
+
+def test_timed_runs_reach_the_latency_table_and_figure(root: Path, study: dict) -> None:
+    for spec in latency_runs(study):
+        measure_run_latency(study, root / spec.path, root / "splits")
+    build_tables(study, root)
+    build_figures(study, root)
+    table = read_table(root / "tables/latency.csv")
+    assert list(table.columns) == LATENCY_COLUMNS
+    assert len(table) == len(latency_runs(study)) * len(LATENCY["points"]) * len(MODES)
+    assert set(table["method"]) == set(LATENCY["runs"])
+    assert (table.loc[table["mode"] == "stream", "samples"] == 8).all()
+    drawn = read_table(root / "figures/fig_latency.csv")
+    assert len(drawn) == len(table)
+    assert (root / "figures/fig_latency.png").stat().st_size > 0
+
+
+def test_cli_infer_prints_accuracy_cost_and_speed_and_saves_exits(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = run_dir(root, "ranet_fmnist", "joint_bilevel")
+    out = tmp_path / "exits.npz"
+    argv = ["infer", "--config", str(run / "config.yaml"), "--split-dir", str(root / "splits")]
+    assert main([*argv, "--rule", "score", "--p", "20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "rule score, point 20, 128 samples (batch, cpu" in printed
+    assert "speed-up over every exit: measured" in printed
+    saved = np.load(out)
+    deployed = deploy(run, "cpu")
+    predictions, exits = simulated(deployed, choose_decision(deployed, "score", point=20))
+    np.testing.assert_array_equal(saved["exits"], exits)
+    np.testing.assert_array_equal(saved["predictions"], predictions)
+    top1 = 100 * (predictions == saved["labels"]).mean()
+    assert f"top-1 {top1:.2f}%" in printed
+    assert main([*argv, "--p", "99"]) == 2
+    assert "has no point 99" in capsys.readouterr().err

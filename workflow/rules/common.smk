@@ -17,6 +17,7 @@ from eebench.pipelines.config import (
     RunSpec,
     check_study,
     expand_runs,
+    latency_runs,
     resolve_run,
     upstream_runs,
 )
@@ -105,6 +106,18 @@ def resources(mem_mb: int, runtime: int, gpu: int = 0) -> dict:
     return found
 
 
+def launcher(gpus: int) -> str:
+    """What starts a training job's `eebench train`: on several GPUs, torchrun (of this
+    environment) with one process per GPU, for data-parallel training (README, "Multi-GPU
+    and cluster"); on one GPU or the CPU, nothing."""
+    if gpus <= 1:
+        return ""
+    script = Path(sys.executable).with_name("torchrun")
+    torchrun = shlex.quote(str(script)) if script.exists() else "torchrun"
+    return f"{torchrun} --standalone --nproc_per_node={gpus} --no-python "
+
+
 def gpus_per_job(study: dict) -> int:
-    """GPUs of a training/evaluation job: the study's slurm setting, else 1 unless device: cpu."""
+    """GPUs of a training job (an evaluation job takes one of them): the study's slurm setting,
+    else 1 unless device: cpu."""
     return study.get("slurm", {}).get("gpus_per_job", 0 if study["device"] == "cpu" else 1)
