@@ -1,4 +1,4 @@
-"""Training-epoch time of `joint_bilevel` and `l2w` against `standard`, through the real engine.
+"""Training-epoch time of every train-time baseline against `standard`, through the real engine.
 
 Both methods train `msdnet_fmnist` (10 classes, 1×28×28) on the same data: the first
 `--train-images` (2,000) training images of Fashion-MNIST (`--dataset synthetic`: a
@@ -20,6 +20,12 @@ t(row)/t(standard) (goals: joint_bilevel <= 1.15, l2w <= 2.0 at its default meta
 of 1: on each half batch, besides the real step whose forward it shares, a meta step is a
 backward for the inner gradient, a forward and a backward at θ′ on the other half and a
 forward-mode JVP on the train half). Results go to `benchmarks/results/method_speed.csv`.
+
+`boostnet` is `standard`'s step plus the ensemble's stop-gradient sums and MSDNet's gradient
+rescaling; `jei_dnn` trains only its ICs (the backbone's non-final heads) and gates on a
+frozen backbone (random here: the cost is the same as on `standard`'s), so its body runs
+without autograd; its timed epochs are warm-up epochs (ICs only, the alternating phases
+cost about the same).
 
 A third row, `standard_half_batch`, trains `standard` on batches of B/2 (the same images,
 twice the steps): it separates what half batches cost on this device (smaller, less
@@ -54,6 +60,8 @@ VARIANTS = {  # row name -> (method, divisor of --batch-size)
     "standard_half_batch": ("standard", 2),
     "joint_bilevel": ("joint_bilevel", 1),
     "l2w": ("l2w", 1),
+    "boostnet": ("boostnet", 1),
+    "jei_dnn": ("jei_dnn", 1),
 }
 BACKBONE = "msdnet_fmnist"
 #: Goals of t(method)/t(standard): joint_bilevel's φ-steps are cheap; L2W's exact meta step

@@ -107,6 +107,11 @@ CHECKS: dict[str, TableCheck] = {
         ["compare", "against", "points", "seeds", "verdict"],
         [Measured("estimate", ci=("ci_low", "ci_high"))],
     ),
+    # Which decisions were timed and on how many samples; the timings themselves belong to
+    # the machine and its load, so they are not compared.
+    "latency.csv": TableCheck(
+        [*RUN_POINT, "policy", "p", "mode"], ["samples", "full_mflops"], [Measured("mflops")]
+    ),
 }
 
 
