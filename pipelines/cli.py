@@ -271,16 +271,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "train": (cmd_train, "train one run (resumes an interrupted run; skips a finished one)"),
     "evaluate": (cmd_evaluate, "logits, features, anytime and budgeted curves of a trained run"),
     "calibrate": (cmd_calibrate, "fit a post-hoc method on a trained run's val outputs"),
-    "infer": (
-        cmd_infer,
-        "real early exit of a finished run with one saved exit decision: predictions, exits, "
-        "accuracy, cost and measured time",
-    ),
-    "latency": (
-        cmd_latency,
-        "time a run's real early exit at the study's budgets (latency.csv): measured vs "
-        "FLOPs-predicted speed-up",
-    ),
+    "infer": (cmd_infer, "real early exit of a run with one of its saved exit decisions, timed"),
+    "latency": (cmd_latency, "time a run's real early exit at the study's budgets (latency.csv)"),
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
