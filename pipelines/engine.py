@@ -5,7 +5,8 @@ per-iteration learning-rate schedule, the model's memory format and compilation,
 (autocast and the fp16 gradient scaler), the finite-loss check, the EMA of the backbone
 and the mixup/cutmix/label smoothing of the batches. It hands the state of all of them to
 the training loop's checkpoints (pipelines/train.py), so a method never writes checkpoint
-code.
+code. Under data parallelism it also averages each step's gradients over the ranks
+(pipelines/distributed.py), so a method never writes distributed code either.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from eebench.methods.base import TrainMethod
+from eebench.pipelines.distributed import World
 from eebench.pipelines.recipes import Recipe, cosine, lr_at
 
 #: What the mixup of a recipe does to a batch: (x, labels) -> (x, hard or soft targets).
@@ -82,12 +84,20 @@ class Engine:
     Device, steps per epoch and number of classes come from `method.ctx`, the facts the
     method was built with, so the engine and the method cannot disagree about them.
     `global_step` counts the steps taken; the training loop advances it after each one.
+    `world` is the run's data-parallel ranks (one process by default).
     """
 
     def __init__(
-        self, method: TrainMethod, recipe: Recipe, *, method_name: str, ckpt_dir: Path
+        self,
+        method: TrainMethod,
+        recipe: Recipe,
+        *,
+        method_name: str,
+        ckpt_dir: Path,
+        world: World | None = None,
     ) -> None:
         self.method, self.recipe = method, recipe
+        self.world = world or World(device=method.ctx.device)
         self.device = method.ctx.device
         self.steps_per_epoch = method.ctx.steps_per_epoch
         self.method_name, self.ckpt_dir = method_name, ckpt_dir  # for error messages
@@ -151,22 +161,28 @@ class Engine:
 
     def optimize(self, loss: torch.Tensor, handle: OptimizerSlot | None = None) -> None:
         slot = handle or self.backbone_optimizer()
-        value = loss.detach()
-        if not torch.isfinite(value):
-            epoch = self.global_step // self.steps_per_epoch
-            raise NonFiniteLossError(
-                f"loss is {float(value):.4g} at epoch {epoch}, "
-                f"global step {self.global_step} ({slot.name} update). Lower the learning rate "
-                "(or check the data), then train the run again from the start with "
-                f"`eebench train ... --restart` (or delete {self.ckpt_dir}): resuming "
-                "would start from the checkpoints that led here"
-            )
         self.method.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        params = [p for group in slot.optimizer.param_groups for p in group["params"]]
+        self._check_finite(self.world.average_gradients(params, loss.detach()), slot)
         self.scaler.step(slot.optimizer)
         self.scaler.update()
         if slot.name == "backbone" and self.ema is not None:
             self.ema.update(self.method.backbone)
+
+    def _check_finite(self, loss: torch.Tensor, slot: OptimizerSlot) -> None:
+        """Stop before the step when the loss (the ranks' mean: all stop together) is NaN or
+        infinite."""
+        if torch.isfinite(loss):
+            return
+        epoch = self.global_step // self.steps_per_epoch
+        raise NonFiniteLossError(
+            f"loss is {float(loss):.4g} at epoch {epoch}, "
+            f"global step {self.global_step} ({slot.name} update). Lower the learning rate "
+            "(or check the data), then train the run again from the start with "
+            f"`eebench train ... --restart` (or delete {self.ckpt_dir}): resuming "
+            "would start from the checkpoints that led here"
+        )
 
     # ------------------------------------------------------------------ the loop's side
 

@@ -4,7 +4,9 @@ Every loader has the same interface, `len(loader)` batches per epoch and
 `loader.iterate(epoch, start_batch=0)` yielding (x float32 normalised, y int64) on the
 target device. The sample order and the augmentation randomness of a batch are a pure
 function of (seed, epoch, batch index), so a run resumed at `start_batch` gets exactly the
-batches the uninterrupted run would have got.
+batches the uninterrupted run would have got. A `sharded` training loader serves one
+data-parallel rank its contiguous part of each of those batches, augmented as in the
+whole batch, so the ranks together see exactly what one process sees.
 
 Deliberate difference from the reference code: val is served with TEST-time transforms.
 The MSDNet/L2W/seed-paper code draws its val (or threshold-fitting) images from the
@@ -19,7 +21,7 @@ import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -58,11 +60,14 @@ def _check_start(start_batch: int, num_batches: int) -> None:
 
 
 class _SplitLoader:
-    """What both loaders share: a split part (`indices`) served in batches, epoch by epoch."""
+    """What both loaders share: a split part (`indices`) served in batches, epoch by epoch;
+    rank `rank` of `world_size` gets its part of every batch (the whole batch by default)."""
 
     indices: Any
     batch_size: int
     drop_last: bool
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def num_samples(self) -> int:
@@ -76,6 +81,24 @@ class _SplitLoader:
 
     def iterate(self, epoch: int = 0, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         raise NotImplementedError
+
+    def sharded(self, rank: int, world_size: int) -> Self:
+        """This loader for data-parallel rank `rank` of `world_size`: the same batches (same
+        order, same augmentation), of which the rank gets its contiguous part; the batches
+        must split evenly (drop_last, batch_size a multiple of `world_size`)."""
+        if world_size > 1 and (self.batch_size % world_size or not self.drop_last):
+            raise ValueError(
+                f"batches of {self.batch_size} do not split evenly over {world_size} "
+                "processes: make the recipe's batch_size a multiple of the number of processes"
+            )
+        shard = copy.copy(self)
+        shard.rank, shard.world_size = rank, world_size
+        return shard
+
+    def _part(self) -> slice:
+        """The rank's rows of a batch (all of them in one process, the last batch too)."""
+        size = self.batch_size // self.world_size
+        return slice(self.rank * size, (self.rank + 1) * size)
 
 
 class InMemoryLoader(_SplitLoader):
@@ -111,7 +134,8 @@ class InMemoryLoader(_SplitLoader):
             positions = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             index = self.indices[positions].to(device)
             x = self.transform(self.images[index], derive_seed(self.seed, epoch, batch, _BATCH))
-            yield x, self.labels[index]
+            part = self._part()
+            yield x[part], self.labels[index][part]
 
 
 class _SeededSamples(Dataset):
@@ -145,10 +169,11 @@ class _SeededBatches:
         for batch in range(self.start_batch, len(loader)):
             base_seed = derive_seed(loader.seed, self.epoch, batch, _BATCH)
             positions = order[batch * size : (batch + 1) * size]
-            yield [
+            keys = [
                 (int(loader.indices[p]), (base_seed + j) % 2**63)
                 for j, p in enumerate(positions.tolist())
             ]
+            yield keys[loader._part()]
 
 
 class FolderLoader(_SplitLoader):

@@ -5,6 +5,11 @@ services that methods use) and owns the loop, validation, the logs and the check
 A run directory is complete when it holds `model.pt`; until then every start resumes
 from the newest good checkpoint, at the exact batch where the last one was taken, so an
 interrupted run ends with the same numbers as an uninterrupted one.
+
+Started by `torchrun`, a run trains on every rank of its `World` (pipelines/distributed.py):
+each rank takes its part of every batch, the engine averages the gradients, and rank 0
+alone validates and writes the run directory; resumed, every rank reads the same
+checkpoint, which holds every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +31,11 @@ from tqdm.auto import tqdm
 
 from eebench.methods.base import StepOutput, hard_labels
 from eebench.pipelines import checkpoint as ckpt
+from eebench.pipelines.augment import derive_seed
+from eebench.pipelines.distributed import World, world_of
 from eebench.pipelines.engine import Engine
 from eebench.pipelines.evaluate import collect
-from eebench.pipelines.fingerprint import check_recorded, recorded
+from eebench.pipelines.fingerprint import RunConfigChangedError, check_recorded, recorded
 from eebench.pipelines.io import write_csv, write_yaml
 from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import SplitOutputs
@@ -44,6 +52,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@dataclass
+class StepTotals:
+    """What the epoch's meter takes from one step: its loss, metrics and counts, and the
+    per-exit training hits among the samples it saw."""
+
+    loss: float
+    metrics: dict[str, float]
+    counts: dict[str, float]
+    hits: list[int]
+    seen: int
+
+    @classmethod
+    def of(cls, out: StepOutput) -> StepTotals:
+        if out.logits is None or out.targets is None:
+            return cls(out.loss, out.metrics, out.counts, [], 0)
+        labels = hard_labels(out.targets)
+        hits = [int((z.argmax(-1) == labels).sum()) for z in out.logits]
+        return cls(out.loss, out.metrics, out.counts, hits, len(labels))
+
+    def over(self, world: World) -> StepTotals:
+        """The step of every rank: loss, metrics and counts averaged (each rank's are of its
+        part of the batch), hits and samples summed; the same on every rank."""
+        if not world.distributed:
+            return self
+        averaged = [self.loss, *self.metrics.values(), *self.counts.values()]
+        total = world.sum([*averaged, *self.hits, self.seen])
+        mean = iter(value / world.size for value in total[: len(averaged)])
+        hits = [int(value) for value in total[len(averaged) : -1]]
+        return StepTotals(
+            next(mean),
+            {key: next(mean) for key in self.metrics},
+            {key: next(mean) for key in self.counts},
+            hits,
+            int(total[-1]),
+        )
+
+
 class EpochMeter:
     """Running loss, per-exit training accuracy, step metrics (averaged) and step counts
     (summed) of the current epoch (checkpointed, so a resumed epoch logs the same row)."""
@@ -57,21 +102,21 @@ class EpochMeter:
         self.metric_sums: dict[str, float] = dict(state.get("metric_sums", {}))
         self.count_sums: dict[str, float] = dict(state.get("count_sums", {}))
 
-    def update(self, out: StepOutput) -> None:
-        self.loss_sum += out.loss
+    def update(self, step: StepTotals) -> None:
+        self.loss_sum += step.loss
         self.steps += 1
-        for key, value in out.metrics.items():
+        for key, value in step.metrics.items():
             self.metric_sums[key] = self.metric_sums.get(key, 0.0) + float(value)
-        for key, value in out.counts.items():
+        for key, value in step.counts.items():
             self.count_sums[key] = self.count_sums.get(key, 0.0) + float(value)
-        if out.logits is None or out.targets is None:
+        if not step.seen:
             return
-        labels = hard_labels(out.targets)
-        hits = [int((z.argmax(-1) == labels).sum()) for z in out.logits]
         self.correct = (
-            [a + b for a, b in zip(self.correct, hits, strict=True)] if self.correct else hits
+            [a + b for a, b in zip(self.correct, step.hits, strict=True)]
+            if self.correct
+            else step.hits
         )
-        self.seen += len(labels)
+        self.seen += step.seen
 
     def summary(self) -> dict[str, float]:
         result = {"train_loss": self.loss_sum / max(self.steps, 1)}
@@ -94,24 +139,37 @@ class EpochMeter:
 
 
 class Trainer:
-    """Trains one run directory: the loop around the method's steps and its `Engine`."""
+    """Trains one run directory: the loop around the method's steps and its `Engine`, on
+    this process's rank of `world` (the one process by default)."""
 
-    def __init__(self, run: dict[str, Any], run_dir: Path, split_dir: Path) -> None:
+    def __init__(
+        self, run: dict[str, Any], run_dir: Path, split_dir: Path, world: World | None = None
+    ) -> None:
         self.run = run
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.recipe = run_recipe(run)
-        self.device = resolve_device(run["device"])
+        self.world = world or World(device=resolve_device(run["device"]))
+        self.device = self.world.device
         seed_everything(run["seed"])
-        self.loaders = make_loaders(run, split_dir, self.device)
+        loaders = make_loaders(run, split_dir, self.device)
+        self.loaders = replace(
+            loaders, train=loaders.train.sharded(self.world.rank, self.world.size)
+        )
         info = self.loaders.info
         self.steps_per_epoch = len(self.loaders.train)
         self.method = build_method(
             run, info.num_classes, info.family, self.steps_per_epoch, self.device
         )
         self.engine = Engine(
-            self.method, self.recipe, method_name=run["method"], ckpt_dir=self.ckpt_dir
+            self.method,
+            self.recipe,
+            method_name=run["method"],
+            ckpt_dir=self.ckpt_dir,
+            world=self.world,
         )
+        if self.world.rank:  # the same model on every rank, then a random stream of its own
+            seed_everything(derive_seed(run["seed"], self.world.rank) % 2**32)
 
     # ------------------------------------------------------------------ state
 
@@ -126,20 +184,28 @@ class Trainer:
         return {
             "method": self.method.state_dict(),
             **self.engine.state_dict(),
-            "rng": ckpt.rng_state(),
             "position": {"epoch": epoch, "batch": batch, "global_step": self.engine.global_step},
             "history": history,
             "meter": meter.state(),
             "best": best,
+            "world_size": self.world.size,
             **recorded(self.run),
         }
+
+    def _rng_states(self) -> dict[str, Any]:
+        """Rank 0's RNG state ("rng", all there is in one process) and, under data
+        parallelism, every rank's ("rank_rngs", in rank order); every rank takes part."""
+        states = self.world.gather(ckpt.rng_state())
+        return {"rng": states[0], **({"rank_rngs": states} if self.world.distributed else {})}
 
     def _restore(
         self, state: dict[str, Any]
     ) -> tuple[int, int, list[dict[str, Any]], EpochMeter, dict[str, Any]]:
         self.method.load_state_dict(state["method"])
         self.engine.load_state_dict(state)
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_state(
+            state["rank_rngs"][self.world.rank] if self.world.distributed else state["rng"]
+        )
         position = state["position"]
         self.engine.global_step = int(position["global_step"])
         return (
@@ -151,7 +217,11 @@ class Trainer:
         )
 
     def _checkpoint(self, *args: Any) -> None:
-        ckpt.save_checkpoint(self.ckpt_dir, self.engine.global_step, self._state(*args))
+        """Rank 0 writes the checkpoint (with every rank's RNG state)."""
+        rngs = self._rng_states()
+        if self.world.is_main:
+            state = {**self._state(*args), **rngs}
+            ckpt.save_checkpoint(self.ckpt_dir, self.engine.global_step, state)
 
     # ------------------------------------------------------------------ loop
 
@@ -169,20 +239,43 @@ class Trainer:
             self._train_epoch(epoch, start_batch, meter, every, history, best)
             start_batch = 0
             row = {"epoch": epoch + 1, "lr": self.engine.current_lr(), **meter.summary()}
-            val = self._validate() if self._validates_after(epoch) else None
-            if val is not None:
-                row.update({f"val_top1_exit{k + 1}": acc for k, acc in enumerate(val.top1())})
-            row["seconds"] = round(time.perf_counter() - started, 3)
-            history.append(row)
-            best = self._update_best(row, best)
-            self.method.end_epoch(epoch, val)
+            if self.world.is_main:
+                best = self._finish_epoch(epoch, row, history, best, started)
+            elif self._validates_after(epoch):
+                self.method.eval()  # the modes that validation leaves rank 0's method in
+            self.world.broadcast_state(self.method)  # what rank 0's `end_epoch` changed
             meter = EpochMeter()
             self._checkpoint(epoch + 1, 0, history, meter, best)
-            write_csv(self.run_dir / "train_log.csv", pd.DataFrame(history))
-            log.info("epoch %d/%d %s", epoch + 1, self.recipe.epochs, _format_row(row))
-            for message in self.method.epoch_warnings(row, epoch + 1 == self.recipe.epochs):
-                log.warning(message)
-        return self._write_model(history, best)
+            if self.world.is_main:
+                self._log_epoch(epoch, row, history)
+        path = self._write_model(history, best) if self.world.is_main else self._model_path
+        self.world.barrier()  # no rank returns before model.pt is written
+        return path
+
+    def _finish_epoch(
+        self,
+        epoch: int,
+        row: dict[str, Any],
+        history: list[dict[str, Any]],
+        best: dict[str, Any],
+        started: float,
+    ) -> dict[str, Any]:
+        """Validation, the epoch's row in `history`, best-epoch selection and the method's
+        `end_epoch` (rank 0); the best epoch so far."""
+        val = self._validate() if self._validates_after(epoch) else None
+        if val is not None:
+            row.update({f"val_top1_exit{k + 1}": acc for k, acc in enumerate(val.top1())})
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        history.append(row)
+        best = self._update_best(row, best)
+        self.method.end_epoch(epoch, val)
+        return best
+
+    def _log_epoch(self, epoch: int, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        write_csv(self.run_dir / "train_log.csv", pd.DataFrame(history))
+        log.info("epoch %d/%d %s", epoch + 1, self.recipe.epochs, _format_row(row))
+        for message in self.method.epoch_warnings(row, epoch + 1 == self.recipe.epochs):
+            log.warning(message)
 
     def _train_epoch(
         self,
@@ -193,19 +286,20 @@ class Trainer:
         history: list[dict[str, Any]],
         best: dict[str, Any],
     ) -> None:
-        loader, engine = self.loaders.train, self.engine
+        loader, engine, world = self.loaders.train, self.engine, self.world
         bar = tqdm(
             total=len(loader),
             initial=start_batch,
             desc=f"epoch {epoch + 1}/{self.recipe.epochs}",
             leave=False,
-            disable=None,
+            disable=None if world.is_main else True,
             dynamic_ncols=True,
         )
         for batch, (x, y) in enumerate(loader.iterate(epoch, start_batch), start=start_batch):
             x, target = engine.prepare_step(x, y)
             out = self.method.training_step(x, target, engine.global_step, engine)
-            meter.update(out)
+            world.broadcast_buffers(self.method)
+            meter.update(StepTotals.of(out).over(world))
             engine.global_step += 1
             bar.update(1)
             bar.set_postfix(_progress(meter), refresh=False)
@@ -260,14 +354,19 @@ class Trainer:
         with self._evaluated_weights():
             return {key: value.clone() for key, value in self.method.state_dict().items()}
 
+    @property
+    def _model_path(self) -> Path:
+        return self.run_dir / "model.pt"
+
     def _write_model(self, history: list[dict[str, Any]], best: dict[str, Any]) -> Path:
         state = self._evaluated_state()
         if best:
             state = ckpt.load_torch(self.run_dir / "best.pt", ("method",))["method"]
             log.info("selected epoch %d by val top-1 of the last exit", best["epoch"])
-        path = self.run_dir / "model.pt"
+        path = self._model_path
         selected = best.get("epoch", len(history))
-        ckpt.save_torch(path, {"method": state, "selected_epoch": selected, **recorded(self.run)})
+        payload = {"method": state, "selected_epoch": selected, "world_size": self.world.size}
+        ckpt.save_torch(path, {**payload, **recorded(self.run)})
         for old in ckpt.list_checkpoints(self.ckpt_dir):
             old.unlink()
         return path
@@ -289,11 +388,15 @@ def _format_row(row: dict[str, Any]) -> str:
 
 
 def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool = False) -> Path:
-    """Train (or resume, or skip when finished) one run directory; `restart` starts it over."""
+    """Train (or resume, or skip when finished) one run directory; `restart` starts it over.
+    Under torchrun, every rank calls this: rank 0 holds the lock and cleans up, then every
+    rank reads the same directory."""
     run_dir = Path(run_dir)
-    with run_lock(run_dir, "train"):
-        if restart:
+    world = world_of(resolve_device(run["device"]))
+    with _main_lock(run_dir, world):
+        if restart and world.is_main:
             _forget_training(run_dir)
+        world.barrier()  # nobody reads the directory before rank 0 has cleaned it up
         model_path = run_dir / "model.pt"
         if model_path.exists():
             check_finished(model_path, run)
@@ -302,8 +405,27 @@ def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool
         found = ckpt.load_latest_checkpoint(run_dir / "checkpoints", CHECKPOINT_KEYS)
         if found is not None:  # before any data is loaded, and before config.yaml changes
             check_recorded(found[0], found[1], run, _restart_hint(run_dir))
-        write_yaml(run_dir / "config.yaml", run)
-        return Trainer(run, run_dir, split_dir).fit(resume=found)
+            _check_world_size(found[0], found[1], world, run_dir)
+        if world.is_main:
+            write_yaml(run_dir / "config.yaml", run)
+        return Trainer(run, run_dir, split_dir, world).fit(resume=found)
+
+
+def _main_lock(run_dir: Path, world: World) -> contextlib.AbstractContextManager[None]:
+    """The run directory's lock, held by rank 0 for all the ranks of the run."""
+    return run_lock(run_dir, "train") if world.is_main else contextlib.nullcontext()
+
+
+def _check_world_size(path: Path, state: dict[str, Any], world: World, run_dir: Path) -> None:
+    """A checkpoint resumes exactly only with as many processes as it was taken by (the
+    batches' split over the ranks, and their random streams, depend on it)."""
+    taken_by = int(state.get("world_size", 1))
+    if taken_by != world.size:
+        raise RunConfigChangedError(
+            f"{path} was taken by {taken_by} training process(es), this is {world.size}: "
+            f"resume it with as many (torchrun --nproc_per_node={taken_by}, or without "
+            f"torchrun for 1), or {_restart_hint(run_dir)}"
+        )
 
 
 def check_finished(model_path: Path, run: dict[str, Any]) -> None:
