@@ -272,7 +272,9 @@ def test_two_ranks_equal_one_process_doing_what_they_do(two_ranks: Path, tmp_pat
 @pytest.mark.slow
 def test_both_ranks_hold_the_same_model_after_every_epochs_steps(two_ranks: Path) -> None:
     for epoch in range(2):
-        rank0, rank1 = (torch.load(two_ranks / f"epoch{epoch}_rank{r}.pt") for r in range(2))
+        rank0, rank1 = (
+            torch.load(two_ranks / f"epoch{epoch}_rank{r}.pt", weights_only=True) for r in range(2)
+        )
         assert_same_state(rank0, rank1)
 
 
