@@ -73,16 +73,10 @@ def _trained_method(run: dict[str, Any], run_dir: Path, device: torch.device) ->
 
 def _posthoc_hook(run: dict[str, Any], run_dir: Path, num_exits: int) -> ExitHook:
     """A post-hoc run's fitted method (its model.pt), applied after its source's hooks."""
-    from eebench.pipelines import checkpoint as ckpt
-    from eebench.pipelines.fingerprint import check_recorded
+    from eebench.pipelines.runs import trained_state
 
-    path = run_dir / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `eebench calibrate` on {run_dir}")
-    payload = ckpt.load_torch(path, ("method",))
-    check_recorded(path, payload, run, "fit it again (`eebench calibrate`)")
     method = POSTHOC_METHODS.get(run["method"])(run["hparams"], num_exits, seed=run["seed"])
-    method.load_fitted(payload["method"])
+    method.load_fitted(trained_state(run_dir, run))
     return method.eval()
 
 

@@ -9,7 +9,7 @@ import torch
 
 from eebench.backbones import create_model
 from eebench.backbones.flops import exit_mflops
-from eebench.methods import TRAIN_METHODS
+from eebench.methods import TRAIN_METHODS, method_kind
 from eebench.methods.base import TrainContext, TrainMethod
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.fingerprint import check_recorded
@@ -71,15 +71,26 @@ def build_method(
     return TRAIN_METHODS.get(run["method"])(model, run["hparams"], ctx).to(device)
 
 
+#: What makes a run's model.pt, by method kind: (when it is missing, when it is stale).
+REMEDIES = {
+    "train": (
+        "train the run {run_dir} first",
+        "train the run again (`eebench train ... --restart`)",
+    ),
+    "posthoc": ("run `eebench calibrate` on {run_dir}", "fit it again (`eebench calibrate`)"),
+}
+
+
 def trained_state(run_dir: Path, run: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """The method state (backbone + method modules) of a finished run; given `run`, the
-    model must have been trained under that config."""
+    """The method state of a finished run (trained, or fitted post-hoc); given `run`, the
+    model must have been made under that config."""
+    missing, stale = REMEDIES[method_kind(run["method"]) if run else "train"]
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: train the run {run_dir} first")
+        raise FileNotFoundError(f"{path} does not exist: {missing.format(run_dir=run_dir)}")
     payload = ckpt.load_torch(path, ("method",))
     if run is not None:
-        check_recorded(path, payload, run, "train the run again (`eebench train ... --restart`)")
+        check_recorded(path, payload, run, stale)
     return payload["method"]
 
 
