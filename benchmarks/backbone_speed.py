@@ -18,14 +18,18 @@ option per row: `channels_last`; for evaluation `fast` = `inference_mode` +
 `fold_batchnorm` + channels_last (the fastest numerically equal eval path: its logits
 must match the eager ones within 1e-4 of the largest logit, `max_rel_diff`);
 `--compile [train] [eval]` adds `torch.compile` rows (eval with inductor weight
-freezing) whose one-off compilation time is `prep_s`.
+freezing) whose one-off compilation time is `prep_s`. `--amp bf16|fp16` adds mixed
+precision rows (autocast; with `--compile`, compiled too): the optimised GPU path of
+training runs (recipe `amp`, `channels_last`, `compile`). Their eval logits are not
+numerically equal; `max_rel_diff` says how far they are.
 
 How to read it: the machine is shared, so absolute img/s drift with the load. Only
 numbers from one run are comparable: within a (device, model, mode) group the variants
 are timed in interleaved rounds (one step each, rotating order; `--train-rounds` 10,
 `--eval-rounds` 5) and `ratio` is the median
 over rounds of t(reference)/t(row), > 1 meaning faster than the original code
-(`ratio_min`/`ratio_max` give the spread over rounds). `img_s` is batch / median step
+(`ratio_min`/`ratio_max` give the spread over rounds); `vs_eager` is the same median
+against `ours eager` (fp32, NCHW: what the optimised paths gain). `img_s` is batch / median step
 time. `peak_frac` is the achieved FLOP rate over the fp32 matmul peak measured in the
 same run (best of a few n×n `torch.mm`, before and after each model): FLOPs per image =
 2 × the MSDNet-convention count `exit_mflops(name, 100)[-1]` (which counts one
@@ -70,7 +74,10 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "backbone_speed.csv"
 MODELS = ("msdnet_cifar", "ranet_cifar")
 NUM_CLASSES = 100  # the references take the class count from their dataset name: cifar100
 TRAIN_FACTOR = 3  # a training step ≈ forward + backward (2× forward)
-SHOWN = ["device", "model", "mode", "impl", "options", "img_s", "ratio", "peak_frac", "prep_s"]
+SHOWN = [
+    *["device", "model", "mode", "impl", "options", "img_s", "ratio", "vs_eager", "peak_frac"],
+    "prep_s",
+]
 EQUAL_TOL = 1e-4  # max |Δlogit| / max |logit| for the "numerically equal" eval options
 
 # Where each reference model lives in its repository, and the args namespace that builds
@@ -148,26 +155,40 @@ def to_channels_last(model: nn.Module, x: Tensor) -> tuple[nn.Module, Tensor]:
     )
 
 
-def train_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
-    """One SGD step on Σ_k CE(z_k, y), the reference recipe (shared/spec/methods.md §7)."""
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(x: Tensor, amp: str | None) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision on x's device (`amp` bf16/fp16), or nothing."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=AMP_DTYPES[amp])
+
+
+def train_step(model: nn.Module, x: Tensor, y: Tensor, amp: str | None = None) -> Step:
+    """One SGD step on Σ_k CE(z_k, y), the reference recipe (shared/spec/methods.md §7);
+    with fp16 the loss is scaled, as the training engine does."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=amp == "fp16")
 
     def step() -> None:
         model.train()  # the reference model serves both modes
         optimizer.zero_grad(set_to_none=True)
-        loss = sum(F.cross_entropy(z, y) for z in model(x))
-        loss.backward()
-        optimizer.step()
+        with autocast(x, amp):
+            loss = sum(F.cross_entropy(z, y) for z in model(x))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return step
 
 
-def eval_step(model: nn.Module, x: Tensor, inference: bool) -> Step:
+def eval_step(model: nn.Module, x: Tensor, inference: bool, amp: str | None = None) -> Step:
     """All exits of one batch; `no_grad` as the references' validation, or `inference_mode`."""
 
     def step() -> list[Tensor]:
         model.eval()
-        with torch.inference_mode() if inference else torch.no_grad():
+        with torch.inference_mode() if inference else torch.no_grad(), autocast(x, amp):
             return model(x)
 
     return step
@@ -185,6 +206,7 @@ class Variant:
     step: Step
     prep_s: float = 0.0
     checked: bool = False  # must reproduce the plain eval logits
+    compared: bool = False  # eval logits compared with the plain ones, not required equal
     times: list[float] = field(default_factory=list)
     max_rel_diff: float = float("nan")
 
@@ -231,18 +253,28 @@ def measure_peak(device: torch.device, n: int, repeats: int) -> float:
 # --------------------------------------------------------------------------- variants
 
 
-def check_equal(reference: list[Tensor], fast: list[Tensor], what: str) -> float:
-    """Largest |Δlogit| relative to the largest |logit|; fail above EQUAL_TOL."""
+def relative_difference(reference: list[Tensor], other: list[Tensor]) -> float:
+    """Largest |Δlogit| relative to the largest |logit|."""
     scale = max(float(z.abs().max()) for z in reference)
-    pairs = zip(reference, fast, strict=True)
-    rel = max(float((a - b.float()).abs().max()) for a, b in pairs) / scale
+    pairs = zip(reference, other, strict=True)
+    return max(float((a - b.float()).abs().max()) for a, b in pairs) / scale
+
+
+def check_equal(reference: list[Tensor], fast: list[Tensor], what: str) -> float:
+    """`relative_difference`; fail above EQUAL_TOL."""
+    rel = relative_difference(reference, fast)
     if rel > EQUAL_TOL:
         raise AssertionError(f"{what}: logits differ by {rel:.2e} (relative), > {EQUAL_TOL}")
     return rel
 
 
 def train_variants(
-    ours: MultiExitNet, ref: nn.Module | None, x: Tensor, y: Tensor, compile_: bool
+    ours: MultiExitNet,
+    ref: nn.Module | None,
+    x: Tensor,
+    y: Tensor,
+    compile_: bool,
+    amp: str | None = None,
 ) -> list[Variant]:
     """Reference, ours as the reference runs, then one speed option per row."""
     variants = []
@@ -255,15 +287,24 @@ def train_variants(
         model, x_cl = to_channels_last(copy.deepcopy(ours), x)
         step = train_step(torch.compile(model), x_cl, y)
         variants.append(Variant("ours", "channels_last+compile", step))
+    if amp is not None:
+        model, x_cl = to_channels_last(copy.deepcopy(ours), x)
+        variants.append(Variant("ours", f"channels_last+{amp}", train_step(model, x_cl, y, amp)))
+    if amp is not None and compile_:
+        model, x_cl = to_channels_last(copy.deepcopy(ours), x)
+        step = train_step(torch.compile(model), x_cl, y, amp)
+        variants.append(Variant("ours", f"channels_last+{amp}+compile", step))
     return variants
 
 
 def eval_variants(
-    ours: MultiExitNet, ref: nn.Module | None, x: Tensor, compile_: bool
+    ours: MultiExitNet, ref: nn.Module | None, x: Tensor, compile_: bool, amp: str | None = None
 ) -> list[Variant]:
-    """Reference, ours as the reference runs, the fast path, optionally compiled.
+    """Reference, ours as the reference runs, the fast path, optionally compiled and in
+    mixed precision.
 
-    Variants with `checked` set must reproduce the plain logits (`check_equal`).
+    Variants with `checked` set must reproduce the plain logits (`check_equal`); mixed
+    precision ones report how far theirs are (`compared`).
     """
     variants = []
     if ref is not None:
@@ -278,6 +319,12 @@ def eval_variants(
     if compile_:
         step = eval_step(torch.compile(fast), x_cl, inference=True)
         variants.append(Variant("ours", "fast+compile", step, prep_s=prep, checked=True))
+    if amp is not None:
+        step = eval_step(fast, x_cl, inference=True, amp=amp)
+        variants.append(Variant("ours", f"fast+{amp}", step, prep_s=prep, compared=True))
+    if amp is not None and compile_:
+        step = eval_step(torch.compile(copy.deepcopy(fast)), x_cl, inference=True, amp=amp)
+        variants.append(Variant("ours", f"fast+{amp}+compile", step, prep_s=prep, compared=True))
     return variants
 
 
@@ -315,7 +362,7 @@ def bench_model(
             args.warmup,
             args.train_rounds,
             TRAIN_FACTOR,
-            lambda: train_variants(ours, ref, x_train, y_train, "train" in args.compile),
+            lambda: train_variants(ours, ref, x_train, y_train, "train" in args.compile, args.amp),
         ),
         (
             "eval",
@@ -323,7 +370,7 @@ def bench_model(
             args.eval_warmup,
             args.eval_rounds,
             1,
-            lambda: eval_variants(ours, ref, x_eval, "eval" in args.compile),
+            lambda: eval_variants(ours, ref, x_eval, "eval" in args.compile, args.amp),
         ),
     ]
     for mode, batch, warmup, rounds, factor, build in groups:
@@ -337,7 +384,10 @@ def bench_model(
             for v in variants:
                 if v.checked:
                     v.max_rel_diff = check_equal(expected, v.step(), f"{name} {v.options}")
+                elif v.compared:
+                    v.max_rel_diff = relative_difference(expected, v.step())
         base = variants[0].times if ref is not None else None
+        eager = variants[1 if ref is not None else 0].times
         for v in variants:
             median = statistics.median(v.times)
             ratios = [b / t for b, t in zip(base or [], v.times, strict=False)]
@@ -359,6 +409,9 @@ def bench_model(
                     "ratio": statistics.median(ratios) if ratios else nan,
                     "ratio_min": min(ratios, default=nan),
                     "ratio_max": max(ratios, default=nan),
+                    "vs_eager": statistics.median(
+                        [e / t for e, t in zip(eager, v.times, strict=True)]
+                    ),
                     "gflop_per_img": gflop_fwd * factor,
                     "achieved_gflop_s": gflop_fwd * factor * batch / median,
                     "prep_s": v.prep_s,
@@ -441,6 +494,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         choices=["train", "eval"],
         help="add torch.compile rows for these modes (all if none named); each costs "
         "minutes of one-off compilation per model on 2 CPU cores",
+    )
+    parser.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        help="add mixed-precision rows (autocast in this dtype; compiled too with --compile)",
     )
     parser.add_argument("--peak-size", type=int, default=2048, help="n of the n×n peak matmul")
     parser.add_argument("--seed", type=int, default=0)
