@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
-from torchvision import transforms as T
 
 RAND_AUGMENT = "rand-m9-mstd0.5-inc1"
 ERASE_PROB = 0.25
@@ -184,6 +183,8 @@ def imagenet_transforms(
 ) -> tuple[Callable[[Image.Image], Tensor], Callable[[Image.Image], Tensor]]:
     """(train, test) PIL transforms: RandomResizedCrop+flip / Resize 256 + CenterCrop 224;
     the timm recipe uses timm's create_transform (bicubic, RandAugment, erasing)."""
+    from torchvision import transforms as T  # ~2 s of imports that in-memory data never need
+
     _check_augment(augment)
     resize = round(image_size / 0.875)
     bicubic = augment == "timm"
