@@ -45,7 +45,9 @@ CLAIMS_NOTE = (
     "interval from a paired bootstrap (1000 draws of the test images, and of the seeds when "
     "there are several; the same draws for both sides). Supported: the interval lies on the "
     "paper's side of 0 (1 for ratios); contradicted: on the other side; else inconclusive; "
-    "not run: the study lacks the runs or their per-sample outputs"
+    "not run: the study lacks the runs or their per-sample outputs. A claim about every "
+    "exit or budget is judged on its worst point, which each draw picks anew, so its "
+    "interval can lie beside the estimate (the worst point of the data itself)"
 )
 
 
@@ -66,8 +68,9 @@ def _draw_panel(ax: Axes, rows: pd.DataFrame, statistic: str) -> None:
         if np.isnan(row.estimate):
             ax.text(reference, y, row.verdict, ha="center", va="center", color=color, bbox=BOX)
             continue
-        error = [[row.estimate - row.ci_low], [row.ci_high - row.estimate]]
-        ax.errorbar(row.estimate, y, xerr=error, fmt="o", color=color, capsize=3)
+        # The interval as its own line: a worst case's interval can lie beside its estimate.
+        ax.plot([row.ci_low, row.ci_high], [y, y], "-|", color=color, markersize=7)
+        ax.plot(row.estimate, y, "o", color=color)
     for verdict in dict.fromkeys(rows["verdict"]):
         ax.plot([], [], "o", color=VERDICT_COLORS[verdict], label=verdict)
     ax.set_yticks(range(len(rows)), [_label(row) for row in rows.itertuples()])

@@ -7,6 +7,7 @@ datasets are missing."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -281,6 +282,24 @@ def test_claims_figure_draws_every_claim_row(figures: Path, fake_tables: Path) -
     text = (figures / "claims.md").read_text()
     assert "| C1: Ours beats standard training at every exit | cifar100, msdnet_cifar |" in text
     assert "paired bootstrap" in text
+
+
+def test_claims_figure_draws_an_interval_that_excludes_its_estimate(
+    make_study: Callable[..., dict[str, Any]],
+    fake_tables: Path,
+    draw_figure: DrawFigure,
+    tmp_path: Path,
+) -> None:
+    """A worst case over points (max |difference| of a `~` claim) has a bootstrap interval
+    that can lie beside its estimate: drawn as its own line, not as error bars."""
+    tables = load_tables(make_study(), fake_tables)
+    claims = tables.claims.copy()
+    row = claims["estimate"].notna().idxmax()
+    claims.loc[row, ["estimate", "ci_low", "ci_high"]] = [0.02, 0.03, 0.24]
+    figure = draw_figure("claims", dataclasses.replace(tables, claims=claims), tmp_path)
+    lines = [line.get_xdata() for line in figure.axes[0].lines]
+    assert any(list(x) == [0.03, 0.24] for x in lines)
+    assert any(list(x) == [0.02] for x in lines)
 
 
 def test_sensitivity_without_a_sweep_draws_notes_and_no_points(figures: Path) -> None:
