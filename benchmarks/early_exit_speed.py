@@ -1,5 +1,5 @@
-"""Where real early exit's time goes (batch mode): measured speed-up against what FLOPs and
-what per-stage times predict, for a trained run.
+"""Where real early exit's time goes (batch and pooled modes): measured speed-up against
+what FLOPs and what per-stage times predict, for a trained run.
 
 For each saved decision of `--rule` at the points `--points`, on `--batches` test batches
 of the run's eval size, three speed-ups over running every exit:
@@ -10,12 +10,15 @@ of the run's eval size, three speed-ups over running every exit:
   batches: what an early exit without overhead would reach if time were linear in the
   number of samples;
 - `measured` = time(every exit) / time(early exit), the two interleaved batch by batch,
-  median over `--rounds` rounds of the round totals.
+  median over `--rounds` rounds of the round totals; in `batch` mode each batch runs on
+  its own (later exits see the few samples it leaves), in `pooled` mode the samples that
+  go on wait for the next batches' (`PooledEarlyExit`: every exit runs on full batches).
 
 The gap between the first two is the cost model: FLOPs count convolutions and linear
 layers, not BatchNorm, activations, concatenations and memory traffic, whose share differs
 from stage to stage. The gap between the last two is early exit's own cost: scoring, the
-index copies of the state, and stages run on smaller batches. The per-stage table gives
+index copies of the state, and stages run on smaller batches (what pooling removes). The
+per-stage table gives
 each stage's share of FLOPs and of time.
 
     python benchmarks/early_exit_speed.py \\
@@ -44,6 +47,7 @@ from eebench.pipelines.infer import (
     choose_decision,
     deploy,
     early_exit,
+    early_exit_steps,
     split_batches,
 )
 from eebench.pipelines.io import write_csv
@@ -77,19 +81,23 @@ def exit_fractions(runner: ExitByExit, inputs: list[Tensor], decision: ExitDecis
 
 
 def measured_speedup(
-    runner: ExitByExit, inputs: list[Tensor], decision: ExitDecision, rounds: int
+    runner: ExitByExit, inputs: list[Tensor], decision: ExitDecision, mode: str, rounds: int
 ) -> tuple[float, float, float]:
     """Median, min and max over rounds of time(every exit) / time(early exit)."""
     ratios = []
     for _ in range(rounds):
+        step, finish = early_exit_steps(runner, decision, mode, inputs[0].shape[0])
         early = full = 0.0
         for x in inputs:  # interleaved: drifts of the machine hit both alike
             start = time.perf_counter()
-            early_exit(runner, x, decision)
+            step(x)
             middle = time.perf_counter()
             all_exits_prediction(runner, x)
             early += middle - start
             full += time.perf_counter() - middle
+        start = time.perf_counter()
+        finish()
+        early += time.perf_counter() - start
         ratios.append(full / early)
     return statistics.median(ratios), min(ratios), max(ratios)
 
@@ -124,28 +132,30 @@ def measure(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
         decision = choose_decision(deployed, args.rule, point=point)
         flops = np.asarray(deployed.outputs.costs(decision.score), dtype=float)
         fractions = exit_fractions(runner, inputs, decision)
-        median, low, high = measured_speedup(runner, inputs, decision, args.rounds)
         by_flops = flops[-1] / float(fractions @ flops)
         by_time = cumulative[-1] / float(fractions @ cumulative)
-        rows.append(
-            {
-                "run": str(args.run),
-                "backbone": deployed.run["backbone"],
-                "rule": args.rule,
-                "p": point,
-                "threads": torch.get_num_threads(),
-                "samples": sum(x.shape[0] for x in inputs),
-                "cost_fraction": float(fractions @ flops) / flops[-1],
-                "predicted_flops": by_flops,
-                "predicted_time": by_time,
-                "measured": median,
-                "measured_min": low,
-                "measured_max": high,
-                "measured_over_flops": median / by_flops,
-                "measured_over_time": median / by_time,
-                "exit_fractions": "/".join(f"{f:.3f}" for f in fractions),
-            }
-        )
+        for mode in ("batch", "pooled"):
+            median, low, high = measured_speedup(runner, inputs, decision, mode, args.rounds)
+            rows.append(
+                {
+                    "run": str(args.run),
+                    "backbone": deployed.run["backbone"],
+                    "rule": args.rule,
+                    "p": point,
+                    "mode": mode,
+                    "threads": torch.get_num_threads(),
+                    "samples": sum(x.shape[0] for x in inputs),
+                    "cost_fraction": float(fractions @ flops) / flops[-1],
+                    "predicted_flops": by_flops,
+                    "predicted_time": by_time,
+                    "measured": median,
+                    "measured_min": low,
+                    "measured_max": high,
+                    "measured_over_flops": median / by_flops,
+                    "measured_over_time": median / by_time,
+                    "exit_fractions": "/".join(f"{f:.3f}" for f in fractions),
+                }
+            )
     return stage_table(deployed, seconds), pd.DataFrame(rows)
 
 
@@ -170,9 +180,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         print(stages.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
         shown = speeds.drop(columns=["run"])
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    if args.out.is_file():  # one row per (run, rule, p, threads): a new measurement replaces
+    if args.out.is_file():  # one row per (run, rule, p, mode, threads): a new one replaces
         old = pd.read_csv(args.out)
-        key = ["run", "rule", "p", "threads"]
+        key = ["run", "rule", "p", "mode", "threads"]
         merged = old.merge(speeds[key], on=key, how="left", indicator=True)
         speeds = pd.concat([old[merged["_merge"] == "left_only"], speeds], ignore_index=True)
     write_csv(args.out, speeds)

@@ -5,7 +5,8 @@ A backbone with the stage interface (`init_state`, `forward_stage`, `select_stat
 runs one exit at a time; after each exit the methods' hooks (`exit_output` of the
 train-time method, then of a post-hoc method on top of it) decide what that exit
 predicts and scores. The state (backbone tensors and every hook's per-sample memory)
-is batch-first, so `select` drops the samples that left.
+is batch-first, so `select` drops the samples that left and `concat` joins the samples of
+several batches waiting for the same exit (pooled early exit).
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ def max_softmax(logits: Tensor) -> Tensor:
     formula as `protocol.softmax_confidence`, so thresholds fitted there apply here)."""
     z = logits.double()
     return 1.0 / (z - z.max(dim=-1, keepdim=True).values).exp().sum(dim=-1)
+
+
+def concat_states(states: Sequence[State]) -> State:
+    """Batch-first states of the same stage, joined sample-wise in order; a tensor listed
+    twice in a state (RANet: a block's output is also its last export) stays shared."""
+    first_position: dict[int, int] = {}
+    joined: list[Tensor] = []
+    for i, t in enumerate(states[0]):
+        j = first_position.setdefault(id(t), i)
+        joined.append(joined[j] if j < i else torch.cat([state[i] for state in states]))
+    return joined
 
 
 @dataclass
@@ -78,6 +90,17 @@ class ExitByExit:
         """Keep only the samples in `index` (rows or a bool mask), memories included."""
         memories = [{key: t[index] for key, t in memory.items()} for memory in state.memories]
         return InferenceState(state.k, self.backbone.select_state(state.backbone, index), memories)
+
+    def concat(self, states: Sequence[InferenceState]) -> InferenceState:
+        """The samples of several states waiting for the same exit, as one batch, in order."""
+        k = states[0].k
+        if any(state.k != k for state in states):
+            raise ValueError(f"cannot join states at exits {[state.k for state in states]}")
+        memories = [
+            {key: torch.cat([state.memories[h][key] for state in states]) for key in memory}
+            for h, memory in enumerate(states[0].memories)
+        ]
+        return InferenceState(k, concat_states([state.backbone for state in states]), memories)
 
     def all_exits(self, x: Tensor) -> list[ExitOutput]:
         """Every exit's output for the whole batch (the simulated protocol's inputs)."""

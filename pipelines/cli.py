@@ -254,10 +254,11 @@ def _add_infer_options(infer: argparse.ArgumentParser, latency: argparse.Argumen
     )
     infer.add_argument(
         "--mode",
-        choices=("batch", "stream"),
+        choices=("batch", "pooled", "stream"),
         default="batch",
-        help="batch: throughput over eval batches; stream: one sample at a time, latency "
-        "percentiles (default: batch)",
+        help="batch: eval batches, each on its own; pooled: throughput, the samples that go "
+        "on wait for the next batches' so that every exit runs on full batches; stream: one "
+        "sample at a time, latency percentiles (default: batch)",
     )
     infer.add_argument("--split", choices=("test", "val"), default="test")
     infer.add_argument("--max-samples", type=int, help="stop after this many samples")

@@ -6,10 +6,12 @@ exit's threshold leave the batch, so later stages compute only for the samples l
 Predictions and exits are those of the simulated budgeted protocol at the same decision
 (a test checks them sample by sample); what this adds is the measured time.
 
-Two timing modes: `batch` (throughput over a split, in batches of the recipe's eval size)
-and `stream` (one sample at a time: latency percentiles). Each mode also times running
-every exit, so the measured speed-up sits beside the one FLOPs predict. Warm-up batches
-are run first and never timed.
+Three timing modes: `batch` (each batch of the recipe's eval size on its own: later stages
+see the few samples it has left), `pooled` (throughput: the samples that go on wait for
+those of the next batches, so that every stage runs on at least a full batch) and
+`stream` (one sample at a time: latency percentiles). Each mode also times running every
+exit, so the measured speed-up sits beside the one FLOPs predict. Warm-up batches are run
+first and never timed.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import torch
 from torch import Tensor
 
 from eebench.methods import POSTHOC_METHODS, method_kind
-from eebench.methods.base import ExitHook, TrainMethod
-from eebench.methods.inference import ExitByExit
+from eebench.methods.base import ExitHook, ExitOutput, TrainMethod
+from eebench.methods.inference import ExitByExit, InferenceState
 from eebench.pipelines import protocol
 from eebench.pipelines.config import load_run_config
 from eebench.pipelines.evaluate import inference_copy
@@ -37,7 +39,7 @@ from eebench.pipelines.outputs import ExitDecision, RunOutputs, read_decisions, 
 
 log = logging.getLogger(__name__)
 
-MODES = ("batch", "stream")
+MODES = ("batch", "pooled", "stream")
 #: Untimed batches (or samples, in stream mode) before timing starts.
 WARMUP = 3
 
@@ -149,6 +151,13 @@ def choose_decision(
 # --------------------------------------------------------------------------- early exit
 
 
+def leaving(runner: ExitByExit, out: ExitOutput, k: int, decision: ExitDecision) -> Tensor:
+    """Which samples leave at exit k: score ≥ threshold, or every sample at the last exit."""
+    if k == runner.num_exits - 1:
+        return torch.ones(out.logits.shape[0], dtype=torch.bool, device=out.logits.device)
+    return out.scores[decision.score].double() >= decision.thresholds[k]
+
+
 def early_exit(runner: ExitByExit, x: Tensor, decision: ExitDecision) -> tuple[Tensor, Tensor]:
     """Predictions and exit indices of a batch, each sample leaving at the first exit whose
     score reaches its threshold; later stages run only on the samples left."""
@@ -157,13 +166,9 @@ def early_exit(runner: ExitByExit, x: Tensor, decision: ExitDecision) -> tuple[T
     exits = torch.empty(n, dtype=torch.long, device=x.device)
     rows = torch.arange(n, device=x.device)
     state = runner.start(x)
-    last = runner.num_exits - 1
     for k in range(runner.num_exits):
         state, out = runner.next_exit(state)
-        if k == last:
-            leave = torch.ones_like(rows, dtype=torch.bool)
-        else:
-            leave = out.scores[decision.score].double() >= decision.thresholds[k]
+        leave = leaving(runner, out, k, decision)
         predictions[rows[leave]] = out.logits[leave].argmax(dim=-1)
         exits[rows[leave]] = k
         stay = ~leave
@@ -172,6 +177,56 @@ def early_exit(runner: ExitByExit, x: Tensor, decision: ExitDecision) -> tuple[T
         rows = rows[stay]
         state = runner.select(state, stay.nonzero().squeeze(1))
     return predictions, exits
+
+
+class PooledEarlyExit:
+    """Early exit over a sequence of batches in which the samples that go on wait for those
+    of the next batches: exit k runs once at least `batch_size` samples wait for it (and for
+    the rest at `finish`), so later stages run on full batches instead of the few samples
+    one batch leaves them. Predictions and exits are those of `early_exit` (in eval mode a
+    sample's computation is its own); only the batches the stages see change."""
+
+    def __init__(self, runner: ExitByExit, decision: ExitDecision, batch_size: int) -> None:
+        self.runner, self.decision, self.batch_size = runner, decision, batch_size
+        self.waiting: list[list[tuple[InferenceState, Tensor]]] = [
+            [] for _ in range(runner.num_exits)
+        ]
+        self.done: list[tuple[Tensor, Tensor, int]] = []  # (rows, predictions, exit)
+        self.seen = 0
+
+    def push(self, x: Tensor) -> None:
+        """Start a batch, then run every exit that has enough samples waiting."""
+        rows = torch.arange(self.seen, self.seen + x.shape[0], device=x.device)
+        self.seen += x.shape[0]
+        self.waiting[0].append((self.runner.start(x), rows))
+        self._run_ready(flush=False)
+
+    def finish(self) -> tuple[Tensor, Tensor]:
+        """Run what still waits; predictions and exits of every pushed sample, in order."""
+        self._run_ready(flush=True)
+        rows = torch.cat([rows for rows, _, _ in self.done])
+        predictions = torch.cat([pred for _, pred, _ in self.done])
+        exits = torch.cat([torch.full_like(pred, k) for _, pred, k in self.done])
+        order = torch.argsort(rows)
+        return predictions[order], exits[order]
+
+    def _run_ready(self, flush: bool) -> None:
+        for k, pending in enumerate(self.waiting):
+            count = sum(len(rows) for _, rows in pending)
+            if count == 0 or (count < self.batch_size and not flush):
+                continue
+            self.waiting[k] = []
+            state = self.runner.concat([state for state, _ in pending])
+            self._run_exit(k, state, torch.cat([rows for _, rows in pending]))
+
+    def _run_exit(self, k: int, state: InferenceState, rows: Tensor) -> None:
+        state, out = self.runner.next_exit(state)
+        leave = leaving(self.runner, out, k, self.decision)
+        self.done.append((rows[leave], out.logits[leave].argmax(dim=-1), k))
+        stay = ~leave
+        if bool(stay.any()):
+            kept = self.runner.select(state, stay.nonzero().squeeze(1))
+            self.waiting[k + 1].append((kept, rows[stay]))
 
 
 def all_exits_prediction(runner: ExitByExit, x: Tensor) -> Tensor:
@@ -212,10 +267,33 @@ class Timing:
 def _chunks(batches: Iterable[tuple[Tensor, Tensor]], mode: str) -> Iterable[Tensor]:
     """The inputs, batch by batch, or one sample at a time in stream mode."""
     for x, _ in batches:
-        if mode == "batch":
-            yield x
-        else:
+        if mode == "stream":
             yield from x.split(1)
+        else:
+            yield x
+
+
+EarlyExitSteps = tuple[Callable[[Tensor], None], Callable[[], tuple[Tensor, Tensor]]]
+
+
+def early_exit_steps(
+    runner: ExitByExit, decision: ExitDecision, mode: str, batch_size: int
+) -> EarlyExitSteps:
+    """(step, finish) of a mode: `step(x)` takes the next input, `finish()` returns the
+    predictions and exits of all of them (pooled: after running what still waits)."""
+    if mode == "pooled":
+        pooled = PooledEarlyExit(runner, decision, batch_size)
+        return pooled.push, pooled.finish
+    results: list[tuple[Tensor, Tensor]] = []
+
+    def step(x: Tensor) -> None:
+        results.append(early_exit(runner, x, decision))
+
+    def finish() -> tuple[Tensor, Tensor]:
+        predictions, exits = zip(*results, strict=True)
+        return torch.cat(predictions), torch.cat(exits)
+
+    return step, finish
 
 
 @torch.inference_mode()
@@ -227,29 +305,31 @@ def run_split(
     max_samples: int | None = None,
 ) -> dict[str, Any]:
     """Early exit over `batches` (inputs on the CPU), and every exit for the same inputs,
-    each timed per call after `WARMUP` untimed calls; predictions and exits are returned
-    for every sample."""
+    each timed per input after `WARMUP` untimed ones (pooled: the exits an input makes
+    ready, and the rest in the last input's time); predictions and exits are returned for
+    every sample."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
     inputs = [
         x.to(deployed.device, memory_format=deployed.memory_format)
         for x in _limited(_chunks(batches, mode), max_samples)
     ]
-    runner = deployed.runner
+    runner, batch_size = deployed.runner, max(x.shape[0] for x in inputs)
+    step, finish = early_exit_steps(runner, decision, mode, batch_size)
     for x in inputs[:WARMUP]:
-        early_exit(runner, x, decision)
+        step(x)
         all_exits_prediction(runner, x)
+    finish()
+    step, finish = early_exit_steps(runner, decision, mode, batch_size)
     early, full = Timing([]), Timing([])
-    predictions, exits = [], []
     for x in inputs:  # interleaved, so that drifts of the machine hit both alike
-        (pred, ex), seconds = _timed(lambda x=x: early_exit(runner, x, decision), deployed.device)
-        early.seconds.append(seconds)
+        early.seconds.append(_timed(lambda x=x: step(x), deployed.device)[1])
         full.seconds.append(_timed(lambda x=x: all_exits_prediction(runner, x), deployed.device)[1])
-        predictions.append(pred.cpu())
-        exits.append(ex.cpu())
+    (predictions, exits), seconds = _timed(finish, deployed.device)
+    early.seconds[-1] += seconds
     return {
-        "predictions": torch.cat(predictions).numpy(),
-        "exits": torch.cat(exits).numpy(),
+        "predictions": predictions.cpu().numpy(),
+        "exits": exits.cpu().numpy(),
         "early": early,
         "full": full,
     }

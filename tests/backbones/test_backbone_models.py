@@ -21,6 +21,7 @@ from eebench.backbones import (
     list_models,
     ranet,
 )
+from eebench.methods.inference import concat_states
 from eebench.pipelines.registry import UnknownNameError
 
 # The project spec (shared/spec/backbones.md §1): head input width c_k per exit
@@ -243,6 +244,25 @@ def test_staged_forward_with_dropping_matches_full(name: str, models) -> None:
             index = keep if k % 2 else keep.nonzero().squeeze(1)
             state, kept = model.select_state(state, index), kept[index]
             assert all(t.shape[0] == len(kept) for t in state)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_states_of_two_batches_joined_continue_as_one_batch(name: str, models) -> None:
+    """Pooled early exit: halves run to exit 1 apart, joined (`concat_states`), then on
+    together, give the full batch's later logits; RANet's shared tensors stay shared."""
+    model = models(name)
+    x = images(model, 6)
+    with torch.no_grad():
+        full_logits = model(x)
+        halves = []
+        for part in (x[:2], x[2:]):
+            state, _, _ = model.forward_stage(0, model.init_state(part))
+            halves.append(state)
+        state = concat_states(halves)
+        assert len({id(t) for t in state}) == len({id(t) for t in halves[0]})
+        for k in range(1, model.num_exits):
+            state, _, logits = model.forward_stage(k, state)
+            torch.testing.assert_close(logits, full_logits[k], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", TINY)

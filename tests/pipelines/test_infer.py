@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from eebench.pipelines.infer import (
     Deployed,
     choose_decision,
     deploy,
+    early_exit_steps,
     latency_table,
     measure_run_latency,
     run_split,
@@ -110,7 +112,7 @@ def test_latency_rows_put_measured_beside_predicted_speed_up(root: Path) -> None
     batches = split_batches(deployed.run, root / "splits")
     table = latency_table(deployed, batches, [decision], stream_samples=20)
     assert table["mode"].tolist() == list(MODES)
-    assert table["samples"].tolist() == [128, 20]
+    assert table["samples"].tolist() == [128, 128, 20]
     full = deployed.outputs.flops[-1]
     for row in table.itertuples():
         assert row.predicted_speedup == pytest.approx(full / row.mflops)
@@ -120,6 +122,48 @@ def test_latency_rows_put_measured_beside_predicted_speed_up(root: Path) -> None
     _, exits = simulated(deployed, decision)
     costs = deployed.outputs.costs(decision.score)
     assert batch.mflops == pytest.approx(costs[exits].mean())
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_pooled_mode_runs_every_exit_on_full_batches_but_the_last_call(
+    root: Path, backbone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch mode hands later exits the few samples a batch leaves; pooled mode waits for a
+    full batch (all but the final call of each exit) and predicts the same."""
+    deployed = deploy(run_dir(root, backbone, "standard"), torch.device("cpu"))
+    decision = choose_decision(deployed, MAX_SOFTMAX, point=10)
+    batch_size = 16  # 8 batches of the 128 test samples
+    batches = [
+        (x[i : i + batch_size], y[i : i + batch_size])
+        for x, y in split_batches(deployed.run, root / "splits")
+        for i in range(0, len(x), batch_size)
+    ]
+    runner = deployed.runner
+    next_exit = runner.next_exit
+    calls: list[tuple[int, int]] = []
+
+    def recording(state: Any) -> Any:
+        calls.append((state.k, state.backbone[0].shape[0]))
+        return next_exit(state)
+
+    monkeypatch.setattr(runner, "next_exit", recording)
+    sizes = {}
+    for mode in ("batch", "pooled"):
+        calls.clear()
+        step, finish = early_exit_steps(runner, decision, mode, batch_size)
+        with torch.inference_mode():
+            for x, _ in batches:
+                step(x.contiguous(memory_format=deployed.memory_format))
+            predictions, exits = finish()
+        sizes[mode] = {k: [n for j, n in calls if j == k] for k in range(runner.num_exits)}
+        expected_predictions, expected_exits = simulated(deployed, decision)
+        np.testing.assert_array_equal(exits.numpy(), expected_exits)
+        np.testing.assert_array_equal(predictions.numpy(), expected_predictions)
+    later = [n for k in range(1, runner.num_exits) for n in sizes["batch"][k]]
+    assert min(later) < batch_size  # batch mode: later exits see partial batches
+    for k in range(1, runner.num_exits):
+        assert all(n >= batch_size for n in sizes["pooled"][k][:-1]), sizes["pooled"][k]
+        assert len(sizes["pooled"][k]) < len(sizes["batch"][k])
 
 
 def test_a_budget_in_mflops_picks_the_costliest_decision_within_it(root: Path) -> None:
