@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,13 @@ from eebench.pipelines.infer import (
     all_exits_prediction,
     choose_decision,
     deploy,
-    early_exit,
-    early_exit_steps,
+    run_split,
     split_batches,
 )
 from eebench.pipelines.io import write_csv
 from eebench.pipelines.outputs import ExitDecision
+
+Batch = tuple[Tensor, Tensor]
 
 DEFAULT_RUN = Path("results/default/runs/fashion_mnist/msdnet_fmnist/standard/seed0")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "early_exit_speed.csv"
@@ -74,32 +76,15 @@ def stage_seconds(runner: ExitByExit, inputs: list[Tensor], rounds: int) -> np.n
     return np.median(np.stack(per_round), axis=0)
 
 
-def exit_fractions(runner: ExitByExit, inputs: list[Tensor], decision: ExitDecision) -> np.ndarray:
-    """Fraction of the samples leaving at each exit under the decision."""
-    exits = torch.cat([early_exit(runner, x, decision)[1] for x in inputs]).numpy()
-    return np.bincount(exits, minlength=runner.num_exits) / len(exits)
-
-
-def measured_speedup(
-    runner: ExitByExit, inputs: list[Tensor], decision: ExitDecision, mode: str, rounds: int
-) -> tuple[float, float, float]:
-    """Median, min and max over rounds of time(every exit) / time(early exit)."""
-    ratios = []
-    for _ in range(rounds):
-        step, finish = early_exit_steps(runner, decision, mode, inputs[0].shape[0])
-        early = full = 0.0
-        for x in inputs:  # interleaved: drifts of the machine hit both alike
-            start = time.perf_counter()
-            step(x)
-            middle = time.perf_counter()
-            all_exits_prediction(runner, x)
-            early += middle - start
-            full += time.perf_counter() - middle
-        start = time.perf_counter()
-        finish()
-        early += time.perf_counter() - start
-        ratios.append(full / early)
-    return statistics.median(ratios), min(ratios), max(ratios)
+def measured_speedups(
+    deployed: Deployed, batches: Sequence[Batch], decision: ExitDecision, mode: str, rounds: int
+) -> tuple[list[float], np.ndarray]:
+    """time(every exit) / time(early exit) of each round (`run_split`: the two interleaved
+    batch by batch, warm-up untimed), and the fraction of the samples leaving at each exit."""
+    results = [run_split(deployed, batches, decision, mode) for _ in range(rounds)]
+    exits = results[0]["exits"]
+    fractions = np.bincount(exits, minlength=deployed.runner.num_exits) / len(exits)
+    return [r["full"].total / r["early"].total for r in results], fractions
 
 
 def stage_table(deployed: Deployed, seconds: np.ndarray) -> pd.DataFrame:
@@ -131,11 +116,11 @@ def measure(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     for point in args.points:
         decision = choose_decision(deployed, args.rule, point=point)
         flops = np.asarray(deployed.outputs.costs(decision.score), dtype=float)
-        fractions = exit_fractions(runner, inputs, decision)
-        by_flops = flops[-1] / float(fractions @ flops)
-        by_time = cumulative[-1] / float(fractions @ cumulative)
         for mode in ("batch", "pooled"):
-            median, low, high = measured_speedup(runner, inputs, decision, mode, args.rounds)
+            ratios, fractions = measured_speedups(deployed, batches, decision, mode, args.rounds)
+            by_flops = flops[-1] / float(fractions @ flops)
+            by_time = cumulative[-1] / float(fractions @ cumulative)
+            median = statistics.median(ratios)
             rows.append(
                 {
                     "run": str(args.run),
@@ -149,8 +134,8 @@ def measure(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
                     "predicted_flops": by_flops,
                     "predicted_time": by_time,
                     "measured": median,
-                    "measured_min": low,
-                    "measured_max": high,
+                    "measured_min": min(ratios),
+                    "measured_max": max(ratios),
                     "measured_over_flops": median / by_flops,
                     "measured_over_time": median / by_time,
                     "exit_fractions": "/".join(f"{f:.3f}" for f in fractions),

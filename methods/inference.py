@@ -92,7 +92,10 @@ class ExitByExit:
         return InferenceState(state.k, self.backbone.select_state(state.backbone, index), memories)
 
     def concat(self, states: Sequence[InferenceState]) -> InferenceState:
-        """The samples of several states waiting for the same exit, as one batch, in order."""
+        """The samples of several states waiting for the same exit, as one batch, in order
+        (one state is returned as it is: no copy)."""
+        if len(states) == 1:
+            return states[0]
         k = states[0].k
         if any(state.k != k for state in states):
             raise ValueError(f"cannot join states at exits {[state.k for state in states]}")

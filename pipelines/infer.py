@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from eebench.methods import POSTHOC_METHODS, method_kind
-from eebench.methods.base import ExitHook, ExitOutput, TrainMethod
+from eebench.methods.base import ExitHook, TrainMethod
 from eebench.methods.inference import ExitByExit, InferenceState
 from eebench.pipelines import protocol
 from eebench.pipelines.config import load_run_config
@@ -151,40 +151,22 @@ def choose_decision(
 # --------------------------------------------------------------------------- early exit
 
 
-def leaving(runner: ExitByExit, out: ExitOutput, k: int, decision: ExitDecision) -> Tensor:
-    """Which samples leave at exit k: score ≥ threshold, or every sample at the last exit."""
-    if k == runner.num_exits - 1:
-        return torch.ones(out.logits.shape[0], dtype=torch.bool, device=out.logits.device)
-    return out.scores[decision.score].double() >= decision.thresholds[k]
-
-
 def early_exit(runner: ExitByExit, x: Tensor, decision: ExitDecision) -> tuple[Tensor, Tensor]:
     """Predictions and exit indices of a batch, each sample leaving at the first exit whose
-    score reaches its threshold; later stages run only on the samples left."""
-    n = x.shape[0]
-    predictions = torch.empty(n, dtype=torch.long, device=x.device)
-    exits = torch.empty(n, dtype=torch.long, device=x.device)
-    rows = torch.arange(n, device=x.device)
-    state = runner.start(x)
-    for k in range(runner.num_exits):
-        state, out = runner.next_exit(state)
-        leave = leaving(runner, out, k, decision)
-        predictions[rows[leave]] = out.logits[leave].argmax(dim=-1)
-        exits[rows[leave]] = k
-        stay = ~leave
-        if not bool(stay.any()):
-            break
-        rows = rows[stay]
-        state = runner.select(state, stay.nonzero().squeeze(1))
-    return predictions, exits
+    score reaches its threshold; later stages run only on the samples left (pooled early
+    exit of one batch that never waits)."""
+    pooled = PooledEarlyExit(runner, decision, batch_size=1)
+    pooled.push(x)
+    return pooled.finish()
 
 
 class PooledEarlyExit:
     """Early exit over a sequence of batches in which the samples that go on wait for those
     of the next batches: exit k runs once at least `batch_size` samples wait for it (and for
     the rest at `finish`), so later stages run on full batches instead of the few samples
-    one batch leaves them. Predictions and exits are those of `early_exit` (in eval mode a
-    sample's computation is its own); only the batches the stages see change."""
+    one batch leaves them. Predictions and exits are those of each batch run alone
+    (`early_exit`: in eval mode a sample's computation is its own); only the batches the
+    stages see change."""
 
     def __init__(self, runner: ExitByExit, decision: ExitDecision, batch_size: int) -> None:
         self.runner, self.decision, self.batch_size = runner, decision, batch_size
@@ -221,7 +203,10 @@ class PooledEarlyExit:
 
     def _run_exit(self, k: int, state: InferenceState, rows: Tensor) -> None:
         state, out = self.runner.next_exit(state)
-        leave = leaving(self.runner, out, k, self.decision)
+        if k == self.runner.num_exits - 1:
+            leave = torch.ones_like(rows, dtype=torch.bool)
+        else:
+            leave = out.scores[self.decision.score].double() >= self.decision.thresholds[k]
         self.done.append((rows[leave], out.logits[leave].argmax(dim=-1), k))
         stay = ~leave
         if bool(stay.any()):
