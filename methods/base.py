@@ -430,6 +430,11 @@ class PostHocMethod(InferenceCosts, HasHparams, nn.Module):
     def fit(self, outputs: RunOutputs) -> None:
         raise NotImplementedError
 
+    def fit_report(self) -> dict[str, Any]:
+        """What `fit` fitted and chose, in JSON types: the calibrate stage writes it as the
+        run's `fit.json` (beside `exit_rules.json`). Nothing by default."""
+        return {}
+
     def load_fitted(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore what `fit` stored (buffers are created, since their shapes come from data)."""
         for name, tensor in state.items():

@@ -32,7 +32,10 @@ Paper/code vs this file:
    64, shuffled); here, the `features_subset` train images that evaluate saved (test-time
    transforms), in a random order from the seed, batches of `kfac_batch_size` (64).
 2. N of the √N scaling: the code uses len(train dataset) = 50,000 (val indices included); here
-   the number of those saved train images, unless `n_data` > 0 sets it.
+   the size of the training split the source run trained on (45,000 on CIFAR, its
+   `train_subset` where one is set; saved with its features), unless `n_data` > 0 sets it.
+   Not the number of saved train images the factors are averaged over: those are a subset
+   (`features_subset`), and N scales the posterior, not the average.
 3. Randomness: the code draws new z at every call, so the grid points, val and test see
    different noise; here z comes once from the seed (and the MC-Fisher draws are seeded too).
 4. Grid ties: the code crashes on several maxima; here the first in grid order (T, then σ0²).
@@ -46,6 +49,7 @@ Paper/code vs this file:
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Iterable
@@ -66,6 +70,7 @@ from eebench.methods.base import (
 )
 from eebench.pipelines.outputs import RunOutputs
 
+log = logging.getLogger(__name__)
 #: Laplace algebra (factors, inverses, Cholesky) in float64; the MC softmaxes, by far the
 #: most work (S·C per sample and grid point), in float32 (2.7× faster on CPU).
 DTYPE = torch.float64
@@ -237,14 +242,14 @@ class CalibratedDNN(PostHocMethod):
 
     name: ClassVar[str] = "calibrated_dnn"
     needs: ClassVar[frozenset[str]] = frozenset({"features", "classifiers"})
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"
     hparams: ClassVar[dict[str, Any]] = {
         "n_mc_samples": 50,
         "temperatures": list(TEMPERATURES),
         "prior_variances": list(PRIOR_VARIANCES),
         "mie": True,
         "kfac_batch_size": 64,
-        "n_data": 0,  # N of the √N scaling; 0: the number of saved train images
+        "n_data": 0,  # N of the √N scaling; 0: the source run's training-split size
         "mc_fisher": True,  # BackPACK's KFAC (one MC sample) as the code; False: exact GGN
     }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
@@ -279,7 +284,12 @@ class CalibratedDNN(PostHocMethod):
         num_classes = classifiers[0][0].shape[0]
         generator = torch.Generator().manual_seed(self.seed)
         z = torch.randn(self.hp["n_mc_samples"], num_classes, generator=generator, dtype=DTYPE)
-        n_data = self.hp["n_data"] or len(train.labels)
+        n_data = self.hp["n_data"] or outputs.n_train
+        if not n_data:
+            raise ValueError(
+                "calibrated_dnn: the source run's features.npz does not record its training-"
+                "split size (older eebench): evaluate the source run again"
+            )
         labels = torch.from_numpy(outputs.val.labels)
         ensemble = torch.zeros(len(labels), num_classes, dtype=DTYPE)  # Σ_{i<k} w_i p̂_i
         chosen = []
@@ -305,6 +315,12 @@ class CalibratedDNN(PostHocMethod):
             self.register_buffer(f"mean_{k}", weight)
             self.register_buffer(f"v_inv_{k}", v_inv)
             self.register_buffer(f"noise_{k}", noise)
+        for k, (t, var) in enumerate(chosen):
+            log.info(
+                "calibrated_dnn: exit %d: N = %d, temperature %g, prior variance %g, %s",
+                k + 1, n_data, t, var, f"MIE over exits 1-{k + 1}" if self.hp["mie"] else "no MIE",
+            )  # fmt: skip
+        self.register_buffer("n_data", torch.tensor(n_data, dtype=torch.int64))
         self.register_buffer("temperature", torch.tensor([t for t, _ in chosen], dtype=DTYPE))
         self.register_buffer("prior_variance", torch.tensor([v for _, v in chosen], dtype=DTYPE))
         self.register_buffer("mie_weights", weights)
@@ -342,6 +358,22 @@ class CalibratedDNN(PostHocMethod):
         v_inv, noise, s = pieces[j]
         probs = mc_predictive(mu, s, noise, temps[i])
         return float(temps[i]), float(variances[j]), v_inv, noise, probs
+
+    def fit_report(self) -> dict[str, Any]:
+        """N of the √N scaling, and per exit the chosen T and σ0² and the exits it ensembles."""
+        mie = self.hp["mie"]
+        return {
+            "n_data": int(self.n_data),
+            "exits": [
+                {
+                    "exit": k + 1,
+                    "temperature": float(self.temperature[k]),
+                    "prior_variance": float(self.prior_variance[k]),
+                    "mie_exits": list(range(1, k + 2)) if mie else [k + 1],
+                }
+                for k in range(self.num_exits)
+            ],
+        }
 
     # ------------------------------------------------------------------ inference
 

@@ -336,7 +336,7 @@ class L2W(TrainMethod):
     display: ClassVar[Display] = Display("L2W", "#2ca02c", "s", figures=TRAIN_FIGURES)
     # 1: meta-gradient by a first-order backward and a forward-mode JVP instead of a double
     # backward, the train half's forward shared with the real step (round-off changes).
-    code_version: ClassVar[str] = "1"
+    code_version: ClassVar[str] = "2"
     hparams: ClassVar[dict[str, Any]] = {
         "epsilon": 0.8,
         "normalization": "col",

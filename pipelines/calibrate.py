@@ -1,13 +1,15 @@
 """The calibrate stage: fit a post-hoc method on a trained run's val outputs, never test.
 
 The post-hoc run gets its own run directory with the same files as a trained run
-(`outputs.npz`, `exit_rules.json`, `anytime.csv`, `budgeted.csv`) and `model.pt`, the
-fitted method's state. Its outputs come from replaying the source run's saved exits
-through the method's `exit_output`, the hook that real early exit runs too.
+(`outputs.npz`, `exit_rules.json`, `anytime.csv`, `budgeted.csv`), `model.pt`, the
+fitted method's state, and `fit.json`, what the fit chose (the method's `fit_report`).
+Its outputs come from replaying the source run's saved exits through the method's
+`exit_output`, the hook that real early exit runs too.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,14 @@ from eebench.methods.inference import replay
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.evaluate import run_costs, write_run_results
 from eebench.pipelines.fingerprint import recorded
-from eebench.pipelines.io import write_yaml
+from eebench.pipelines.io import write_text, write_yaml
 from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_outputs
 
 log = logging.getLogger(__name__)
+
+#: What the post-hoc method fitted and chose (`PostHocMethod.fit_report`), beside exit_rules.json.
+FIT_FILE = "fit.json"
 
 
 def _exit_arrays(exits: list[list[ExitOutput]], read: Any) -> np.ndarray:
@@ -68,4 +73,5 @@ def _calibrate(run: dict[str, Any], run_dir: Path) -> None:
         score_flops=score_flops,
     )
     ckpt.save_torch(run_dir / "model.pt", {"method": method.state_dict(), **recorded(run)})
+    write_text(run_dir / FIT_FILE, json.dumps(method.fit_report(), indent=1) + "\n")
     write_run_results(run_dir, calibrated, method_cls, run)

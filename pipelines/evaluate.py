@@ -209,6 +209,7 @@ def _evaluated_outputs(
     )
     flops, score_flops = run_costs(method, method.ctx.exit_mflops)
     outputs = RunOutputs(val, test, flops, score_flops, classifiers_of(method.backbone))
+    outputs.n_train = len(loaders.split.train_idx)
     if with_features:
         outputs.train = collect(
             method,

@@ -81,6 +81,9 @@ class RunOutputs:
     score_flops: dict[str, np.ndarray] = field(default_factory=dict)  # score -> K cumulative
     classifiers: list[tuple[np.ndarray, np.ndarray]] | None = None  # per exit (W, b)
     train: SplitOutputs | None = None  # features and labels of a train subset (no logits)
+    # Size of the training split the run trained on (after train_subset), saved with the
+    # features: the N of a posterior that scales with the training set (Calibrated-DNN).
+    n_train: int | None = None
 
     @property
     def num_exits(self) -> int:
@@ -130,6 +133,8 @@ def _features_arrays(outputs: RunOutputs) -> dict[str, np.ndarray]:
         arrays[f"{name}_labels"] = split.labels.astype(np.int64)
         for k, feats in enumerate(split.features):
             arrays[f"{name}_features_{k}"] = feats.astype(np.float32)
+    if outputs.n_train is not None:
+        arrays["n_train"] = np.int64(outputs.n_train)
     return arrays
 
 
@@ -203,6 +208,8 @@ def _attach_features(outputs: RunOutputs, path: Path) -> None:
         train_features = _per_exit(arrays, "train_features_")
         empty = np.zeros((outputs.num_exits, 0, 0), dtype=np.float32)
         outputs.train = SplitOutputs(empty, arrays["train_labels"], features=train_features)
+    if "n_train" in arrays:
+        outputs.n_train = int(arrays["n_train"])
 
 
 # --------------------------------------------------------------------------- exit rules

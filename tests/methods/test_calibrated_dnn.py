@@ -4,6 +4,7 @@ the real stages (train, evaluate, calibrate, tables, figures)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from eebench.methods import POSTHOC_METHODS
 from eebench.methods.base import MAX_SOFTMAX
@@ -210,13 +212,41 @@ def synthetic_outputs(
 
     train, val, test = (split(n) for n in sizes)
     flops = np.cumsum(np.arange(1.0, k + 1))
-    return RunOutputs(val, test, flops, classifiers=heads, train=train)
+    return RunOutputs(val, test, flops, classifiers=heads, train=train, n_train=TRAIN_SPLIT)
+
+
+#: The source run's training-split size: larger than the saved train features, as in a study.
+TRAIN_SPLIT = 5000
 
 
 def fitted(outputs: RunOutputs, seed: int = 0, **hparams: Any) -> CalibratedDNN:
     method = CalibratedDNN(CalibratedDNN.resolve_hparams("synthetic", hparams), 2, seed=seed)
     method.fit(outputs)
     return method
+
+
+def test_posterior_scale_uses_the_training_split_size_not_the_saved_subset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """§3 (laplace.py): the factors are scaled by √N, N = the training set the source run
+    trained on, not the 60 saved train images they are averaged over: V_post⁻¹ of exit 1 is
+    (√N V + √δ I)⁻¹ written out with N = 5000, and a missing size is refused."""
+    outputs = synthetic_outputs()
+    with caplog.at_level("INFO", logger="eebench.methods.calibrated_dnn"):
+        method = fitted(outputs, mc_fisher=False)
+    assert [r.getMessage().split(":")[1] for r in caplog.records] == [" exit 1", " exit 2"]
+    assert all(f"N = {TRAIN_SPLIT}" in r.getMessage() for r in caplog.records)
+    phi = augment(torch.from_numpy(outputs.train.features[0]).to(F64))
+    labels = torch.from_numpy(outputs.train.labels)
+    weight = method.mean_0
+    _, v = kfac_factors(phi, labels, weight, batch_size=64, mc_fisher=False, seed=0)
+    root_delta = math.sqrt(1.0 / method.prior_variance[0].item())
+    expected = np.linalg.inv(math.sqrt(TRAIN_SPLIT) * v.numpy() + root_delta * np.eye(5))
+    np.testing.assert_allclose(method.v_inv_0.numpy(), expected, rtol=1e-8, atol=1e-12)
+    assert method.fit_report()["n_data"] == TRAIN_SPLIT
+    outputs.n_train = None
+    with pytest.raises(ValueError, match="evaluate the source run again"):
+        fitted(outputs)
 
 
 def test_temperature_is_the_val_nll_minimiser_on_a_known_case() -> None:
@@ -261,7 +291,7 @@ def test_grid_choice_is_the_argmin_of_an_independent_dense_nll_table() -> None:
         phi = augment(torch.from_numpy(outputs.val.features[k]).double()).numpy()
         table = np.empty((len(TEMPERATURES), len(PRIOR_VARIANCES)))
         for j, variance in enumerate(PRIOR_VARIANCES):
-            root_n, root_delta = math.sqrt(48), math.sqrt(1 / variance)
+            root_n, root_delta = math.sqrt(TRAIN_SPLIT), math.sqrt(1 / variance)
             precision = np.kron(
                 root_n * u + root_delta * np.eye(3), root_n * v + root_delta * np.eye(5)
             )
@@ -358,6 +388,13 @@ def test_the_calibrated_run_predicts_with_its_predictive(root: Path) -> None:
     state = torch.load(root / RUNS / "calibrated_dnn/seed0/model.pt", weights_only=True)
     assert set(state["method"]["temperature"].tolist()) <= set(TEMPERATURES)
     assert set(state["method"]["prior_variance"].tolist()) <= set(PRIOR_VARIANCES)
+    # fit.json: N = the source run's whole training split (256), not its 64 saved features.
+    run_dir = root / RUNS / "calibrated_dnn/seed0"
+    report = json.loads((run_dir / "fit.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert report["n_data"] == config["synthetic"]["n_train"]
+    assert [e["mie_exits"] for e in report["exits"]] == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]
+    assert [e["temperature"] for e in report["exits"]] == state["method"]["temperature"].tolist()
 
 
 def test_calibration_table_pairs_each_posthoc_run_with_its_source(
