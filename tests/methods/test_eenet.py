@@ -6,6 +6,7 @@ study through the real stages up to budgeted.csv and Fig. 4."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -332,6 +333,30 @@ def implied_costs(method: EENet, outputs: RunOutputs) -> list[float]:
     ]
 
 
+def test_fit_report_gives_each_budgets_implied_cost_and_whether_it_was_met(
+    fit_case: SimpleNamespace,
+) -> None:
+    """fit.json's content: per budget the implied val cost Σ_k π̄_k C_k of the kept restart
+    (recomputed here from the replayed outputs) and `met` = within 10% of the budget."""
+    report = fit_case.method.fit_report()
+    budgets = report["budgets"]
+    assert [b["budget"] for b in budgets] == [1, 2, 3, 4]
+    implied = implied_costs(fit_case.method, fit_case.outputs)
+    np.testing.assert_allclose([b["implied_mflops"] for b in budgets], implied, rtol=1e-5)
+    for entry in budgets:
+        gap = abs(entry["implied_mflops"] - entry["budget_mflops"]) / entry["budget_mflops"]
+        assert entry["met"] == (gap < report["budget_tolerance"])
+    assert budgets[1]["met"] and budgets[2]["met"]  # the feasible budgets 2 and 3 MFLOPs
+
+
+def test_default_and_released_variants_are_labelled_for_what_they_run() -> None:
+    default, released = EENet.display_of(""), EENet.display_of("released")
+    assert default.label == "EENet (unbounded assignment)"
+    assert released.label == "EENet (released, bounded assignment)"
+    assert (default.color, default.marker) != (released.color, released.marker)
+    assert released.figures == default.figures and released.main_rule == RULE
+
+
 def test_released_bounded_assignment_cannot_leave_its_range_the_default_can(
     fit_case: SimpleNamespace,
 ) -> None:
@@ -417,7 +442,9 @@ def test_rule_applies_only_to_runs_with_budget_scores(fit_case: SimpleNamespace)
 def study_root(
     tmp_path_factory: pytest.TempPathFactory, extension_kit: SimpleNamespace
 ) -> Iterator[Path]:
-    study = extension_kit.tiny_study([{"method": "standard"}, {"method": "eenet"}])
+    study = extension_kit.tiny_study(
+        [{"method": "standard"}, {"method": "eenet", "variants": ["", "released"]}]
+    )
     yield extension_kit.run_study(study, tmp_path_factory.mktemp("eenet") / "extension")
 
 
@@ -432,8 +459,13 @@ def test_a_tiny_study_reaches_budgeted_csv_and_fig4(
     state = torch.load(run_dir / "model.pt", weights_only=True)["method"]
     assert state["budgets"].shape == (6,) and "score_0" in state
     budgeted = extension_kit.rows_of(study_root, "tables/budgeted.csv", "eenet")
+    budgeted = budgeted[budgeted["variant"] == ""]
     assert budgeted.groupby("policy").size().to_dict() == {"max_softmax": 39, "score": 39, RULE: 6}
     drawn = extension_kit.rows_of(study_root, "figures/fig4_posthoc.csv", "eenet")
-    assert set(drawn["policy"]) == {RULE} and len(drawn) == 6
+    assert set(drawn["policy"]) == {RULE} and len(drawn) == 12  # both variants
+    assert drawn.groupby("variant").size().to_dict() == {"": 6, "released": 6}
+    for name in ("eenet", "eenet-released"):  # fit.json: every budget's implied cost
+        fit = json.loads((run_dir.parent.parent / name / "seed0/fit.json").read_text())
+        assert [b["budget"] for b in fit["budgets"]] == list(range(1, 7))
     standard = extension_kit.rows_of(study_root, "figures/fig4_posthoc.csv", "standard")
     assert set(standard["policy"]) == {"max_softmax"}
