@@ -172,6 +172,13 @@ class HasHparams:
         return resolved
 
     @classmethod
+    def train_epochs(cls, hparams: Mapping[str, Any], recipe_epochs: int) -> int:
+        """Epochs a run of the method trains (its resolved recipe's `epochs`): the recipe's,
+        unless the method trains for its own share of them (e.g. parts added to a backbone
+        that another run trained for the recipe's epochs)."""
+        return recipe_epochs
+
+    @classmethod
     def init_source(cls, variant: str | None) -> str | None:
         """The method[-variant] whose trained backbone the variant starts from, or None."""
         return cls.variant(variant).get("init_from", cls.init_from)
@@ -299,9 +306,12 @@ class StepEngine(Protocol):
         weight_decay: float,
         warmup_epochs: float = 0.0,
         family: str | None = None,
+        schedule: Callable[[int], float] | None = None,
     ) -> OptimizerHandle:
         """A new optimizer with its own cosine schedule: of the recipe's family, or of
-        `family` ("sgd", "adamw", "adam": Adam with L2 decay)."""
+        `family` ("sgd", "adamw", "adam": Adam with L2 decay). `schedule` (global step ->
+        learning rate) replaces the cosine for a method whose original schedule differs; it
+        must be a pure function of the step and the method's state_dict (exact resume)."""
         ...
 
     def optimize(self, loss: torch.Tensor, handle: OptimizerHandle | None = None) -> None:

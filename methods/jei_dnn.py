@@ -18,7 +18,12 @@ as the original computes them in numpy); g_l = sigmoid(gate l).
   best weights) once its val top-1 has not improved for `patience` epochs; warm-up ends
   when every IC is frozen or after `max_warmup_epochs`, then every IC is unfrozen and the
   epochs alternate gate and IC phases of `phase_batches` batches, gate phase first. One SGD
-  for ICs and gates (0.01 → 2e-4, wd 5e-4; the recipe's momentum).
+  for ICs and gates (momentum 0.9, no Nesterov, wd 5e-4), lr 0.01 during the warm-up, then a
+  cosine stepped once per epoch towards 2e-4 (T_max = the run's epochs, so it never gets
+  there: train_dynn.py steps CosineAnnealingLR only after each post-warm-up epoch).
+- Length: its own epochs, `epoch_fraction` of the recipe's (at least 1): the original trains
+  ICs and gates 10 epochs on a backbone trained for ~300 (README: num_epoch 10–15), so
+  10/300 of the backbone's epochs; 10 under paper.yaml's 300, 1 in the CPU studies.
 - Inference: a_l = clip(P_l / Π_{j<l}(1 − a_j), 0, 1), the run's own exit score; the
   `jei_gate` rule leaves at the first l with a_l ≥ 0.5 (else the final exit): one
   operating point per run, so a budget curve is one run per λ (the `lam=…` variants).
@@ -30,8 +35,11 @@ is undocumented):
   layer's PyTorch default). A head's BN layers follow the IC: train mode while it learns.
 - Warm-up is capped at epochs − 1, so that the gates train for at least one epoch; the
   original runs `max_warmup_epochs` (6) of its 10–15.
-- The learning rate follows the engine's per-iteration cosine over the whole run, warm-up
-  included (the original steps a per-epoch cosine after warm-up only).
+- Control `heads_only` (`gates: False`, "JEI-DNN control: heads only"): the same ICs,
+  epochs, optimiser, schedule and warm-up with no gates; after the warm-up every batch is an
+  IC step on the plain mean CE (what the released IC loss equals), and exits are decided by
+  the protocol's max-softmax thresholds. It measures what the extra head training alone
+  gives, apart from the gates.
 - The gates' cost: the original's count of the four features (9C + 1 operations for C
   classes) plus the Linear and sigmoid counted like the backbones (fvcore).
 - The suite's splits and protocol: CIFAR-100 val is 5k (the original: 10k), test is not
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,7 +76,14 @@ from eebench.methods.base import (
     register_exit_rule,
     register_train_method,
 )
-from eebench.pipelines.outputs import OWN_SCORE, ExitDecision, RunOutputs, SplitOutputs
+from eebench.pipelines.outputs import (
+    MAX_SOFTMAX,
+    OWN_SCORE,
+    ExitDecision,
+    RunOutputs,
+    SplitOutputs,
+)
+from eebench.pipelines.recipes import cosine
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +227,20 @@ class JeiDnn(TrainMethod):
         main_rule=RULE,
         rules=(RULE, OWN_SCORE),
     )
+    code_version: ClassVar[str] = "1"
     hparams: ClassVar[dict[str, Any]] = {
         "lam": 0.7,  # ce_ic_tradeoff, the released default
+        "epoch_fraction": 10 / 300,  # of the recipe's epochs: 10 after a 300-epoch backbone
         "lr": 0.01,
         "min_lr": 2e-4,
+        "momentum": 0.9,  # train_dynn.py: optim.SGD(momentum=0.9), no Nesterov
         "weight_decay": 5e-4,
         "max_warmup_epochs": 6,
         "patience": 2,
         "phase_batches": 200,
         "ic_weighting": "released",
         "reinit_ics": False,
+        "gates": True,  # False: the heads-only control (no gates, max-softmax exits)
     }
     variants: ClassVar[dict[str, dict[str, Any]]] = {
         **{
@@ -229,7 +249,22 @@ class JeiDnn(TrainMethod):
         },
         "detached": {"hparams": {"ic_weighting": "detached"}},
         "reinit": {"hparams": {"reinit_ics": True}},
+        "heads_only": {
+            "hparams": {"gates": False},
+            "display": {
+                "label": "JEI-DNN control: heads only",
+                "color": "#c49c94",
+                "marker": "h",
+                "main_rule": MAX_SOFTMAX,
+                "rules": (MAX_SOFTMAX,),
+            },
+        },
     }
+
+    @classmethod
+    def train_epochs(cls, hparams: Mapping[str, Any], recipe_epochs: int) -> int:
+        """`epoch_fraction` of the backbone's epochs, at least one (module docstring)."""
+        return max(1, round(hparams["epoch_fraction"] * recipe_epochs))
 
     def __init__(self, backbone: nn.Module, hparams: dict[str, Any], ctx: TrainContext) -> None:
         super().__init__(backbone, hparams, ctx)
@@ -240,9 +275,11 @@ class JeiDnn(TrainMethod):
         backbone.requires_grad_(False)
         self.ics.requires_grad_(True)
         backbone.eval()
-        self.gates = nn.ModuleList(nn.Linear(4, 1) for _ in range(self.num_gates))
+        gates = self.num_gates if hparams["gates"] else 0
+        self.gates = nn.ModuleList(nn.Linear(4, 1) for _ in range(gates))
         self.gate_mflops = gate_feature_flops(ctx.num_classes) / 1e6 + module_mflops(
-            nn.Sequential(self.gates[0], nn.Sigmoid()), torch.zeros(1, 4)
+            nn.Sequential(self.gates[0] if gates else nn.Linear(4, 1), nn.Sigmoid()),
+            torch.zeros(1, 4),
         )
         costs = ctx.exit_mflops + np.cumsum(self._gate_costs())
         normalized = torch.tensor(costs / costs[-1], dtype=torch.float32)
@@ -257,6 +294,7 @@ class JeiDnn(TrainMethod):
         and best weights (`best_ics`), and the gates' pos_weight."""
         g = self.num_gates
         self.register_buffer("warmup_done", torch.tensor(self.warmup_epochs == 0))
+        self.register_buffer("warmup_end", torch.tensor(0))  # epochs the warm-up took
         self.register_buffer("ic_frozen", torch.zeros(g, dtype=torch.bool))
         self.register_buffer("ic_best_top1", torch.full((g,), -torch.inf))
         self.register_buffer("ic_stale_epochs", torch.zeros(g, dtype=torch.long))
@@ -270,13 +308,22 @@ class JeiDnn(TrainMethod):
 
     def _gate_costs(self) -> np.ndarray:
         """Per-exit MFLOPs of the gates (none at the final exit)."""
-        return np.array([*[self.gate_mflops] * self.num_gates, 0.0])
+        return np.array([*[self.gate_mflops] * len(self.gates), 0.0])
+
+    def learning_rate(self, step: int) -> float:
+        """train_dynn.py's schedule: `lr` through the warm-up, then CosineAnnealingLR(T_max =
+        the run's epochs, eta_min = `min_lr`) stepped after every later epoch."""
+        if not bool(self.warmup_done):
+            return self.hp["lr"]
+        later = max(step // self.ctx.steps_per_epoch - int(self.warmup_end), 0)
+        return cosine(self.hp["lr"], self.hp["min_lr"], later, self.ctx.epochs)
 
     # ------------------------------------------------------------------ engine hooks
 
     def configure(self, engine: StepEngine) -> None:
-        """One SGD for ICs and gates, as released: each phase's loss reaches only its own
-        parameters, and SGD skips those without a gradient (momentum and decay included)."""
+        """One SGD for ICs and gates, as released (momentum, no Nesterov, whatever the
+        recipe's): each phase's loss reaches only its own parameters, and SGD skips those
+        without a gradient (momentum and decay included)."""
         self._handle = engine.add_optimizer(
             "ics_and_gates",
             [*self.ics.parameters(), *self.gates.parameters()],
@@ -284,7 +331,10 @@ class JeiDnn(TrainMethod):
             min_lr=self.hp["min_lr"],
             weight_decay=self.hp["weight_decay"],
             family="sgd",
+            schedule=self.learning_rate,
         )
+        for group in self._handle.optimizer.param_groups:
+            group.update(momentum=self.hp["momentum"], nesterov=False)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """None: the ICs, although backbone heads, are in the method's own optimizer."""
@@ -303,6 +353,8 @@ class JeiDnn(TrainMethod):
         batches, gate first, restarting every epoch (as released)."""
         if not bool(self.warmup_done):
             return "warmup"
+        if not self.gates:
+            return "ic"
         batch = step % self.ctx.steps_per_epoch
         return "gate" if (batch // self.hp["phase_batches"]) % 2 == 0 else "ic"
 
@@ -342,6 +394,8 @@ class JeiDnn(TrainMethod):
             exits = oracle_exit(ce.detach(), self.costs, self.hp["lam"])
             targets = gate_targets(exits, self.num_gates)
             return gate_loss(self._gate_logits(logits), targets, self.pos_weight)
+        if not self.gates:  # the control: the plain mean CE (the released IC loss's value)
+            return ce[:, :-1].mean()
         with torch.no_grad():
             shares = exit_shares(torch.sigmoid(self._gate_logits(logits)))
         return ic_loss(ce[:, :-1], shares, self.hp["ic_weighting"] == "detached")
@@ -374,6 +428,8 @@ class JeiDnn(TrainMethod):
         if val is None:
             raise RuntimeError("jei_dnn: end_epoch needs the val outputs of every epoch")
         if bool(self.warmup_done):
+            if not self.gates:
+                return
             self.pos_weight.copy_(pos_weights(self._val_oracle_exits(val), self.num_gates))
             return
         self._track_ics(val.top1()[: self.num_gates])
@@ -410,12 +466,16 @@ class JeiDnn(TrainMethod):
                 self.ics[k].load_state_dict(self.best_ics[k].state_dict())
         self.ic_frozen.zero_()
         self.warmup_done.fill_(True)
+        self.warmup_end.fill_(epoch + 1)
         log.info("jei_dnn: warm-up over after epoch %d", epoch + 1)
 
     # ------------------------------------------------------------------ inference
 
     def exit_output(self, k: int, head: ExitOutput, memory: Memory) -> ExitOutput:
-        """The head's prediction; score a_k from gate k and the earlier gates (1 at the end)."""
+        """The head's prediction; score a_k from gate k and the earlier gates (1 at the end);
+        the control's is the head's own output."""
+        if not self.gates:
+            return head
         if k == self.num_gates:
             a = head.logits.new_ones(head.logits.shape[0], dtype=torch.float32)
         else:
@@ -427,7 +487,7 @@ class JeiDnn(TrainMethod):
 
     def extra_mflops(self) -> dict[str, np.ndarray]:
         """The gates' MFLOPs, under the rules that read a_l only (max softmax runs no gate)."""
-        return {OWN_SCORE: self._gate_costs()}
+        return {OWN_SCORE: self._gate_costs()} if self.gates else {}
 
 
 def _check(hparams: dict[str, Any], ctx: TrainContext) -> None:
@@ -458,5 +518,8 @@ class JeiGateRule(ExitRule):
     legend_suffix: ClassVar[str] = " (gate rule a≥0.5, a point per λ)"
 
     def fit(self, outputs: RunOutputs) -> list[ExitDecision]:
+        """The a ≥ 0.5 decision; none for a run without gates (the heads-only control)."""
+        if not self.applies_to(outputs):
+            return []
         thresholds = (*[EXIT_AT] * (outputs.num_exits - 1), -np.inf)
         return [ExitDecision(self.name, 1, np.nan, self.score, thresholds)]

@@ -185,6 +185,7 @@ def resolve_run(
         recipe = RECIPES.get(recipe_name).with_overrides(
             {**dcfg.get("recipe_overrides", {}), **entry.get("recipe_overrides", {})}
         )
+        recipe = recipe.with_overrides({"epochs": cls.train_epochs(hparams, recipe.epochs)})
         if "synthetic" not in dcfg:  # its sizes are the loader's to check
             _check_train_subset(
                 spec.dataset, dcfg.get("train_subset"), info.n_train_total - info.n_val

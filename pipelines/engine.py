@@ -145,6 +145,7 @@ class Engine:
         weight_decay: float,
         warmup_epochs: float = 0.0,
         family: str | None = None,
+        schedule: Callable[[int], float] | None = None,
     ) -> OptimizerSlot:
         total = self.recipe.epochs * self.steps_per_epoch
         warmup = round(warmup_epochs * self.steps_per_epoch)
@@ -155,7 +156,7 @@ class Engine:
             return cosine(lr, min_lr, step - warmup, total - warmup)
 
         optimizer = make_optimizer(self.recipe, list(params), lr, weight_decay, False, family)
-        slot = OptimizerSlot(name, optimizer, lr_fn)
+        slot = OptimizerSlot(name, optimizer, schedule or lr_fn)
         self.slots[name] = slot
         return slot
 

@@ -137,6 +137,7 @@ class FakeEngine:
         self._backbone = Handle("backbone", torch.optim.SGD(params, lr=lr)) if params else None
         self.steps: Counter[str] = Counter()
         self.on_backward: Callable[[Handle], None] | None = None
+        self.schedules: dict[str, Callable[[int], float] | None] = {}  # per add_optimizer
 
     def autocast(self) -> AbstractContextManager[None]:
         return nullcontext()
@@ -156,7 +157,9 @@ class FakeEngine:
         weight_decay: float,
         warmup_epochs: float = 0.0,
         family: str | None = None,
+        schedule: Callable[[int], float] | None = None,
     ) -> Handle:
+        self.schedules[name] = schedule
         return Handle(name, torch.optim.SGD(list(params), lr=lr, weight_decay=weight_decay))
 
     def optimize(self, loss: torch.Tensor, handle: Handle | None = None) -> None:

@@ -4,6 +4,7 @@ gates' MFLOPs in the costs, its one-point rule in Fig. 3), resumed exactly after
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,6 +274,48 @@ def test_gate_step_trains_gates_only_and_ic_step_ics_only() -> None:
         assert all(torch.equal(before[k], v) for k, v in snapshot(module).items())
 
 
+def test_schedule_is_flat_through_warmup_then_a_per_epoch_cosine() -> None:
+    """train_dynn.py: lr 0.01 while warming up, then CosineAnnealingLR(T_max = num_epoch,
+    eta_min 2e-4) stepped after each later epoch; the engine is handed this schedule, and the
+    SGD is plain momentum 0.9 (no Nesterov, whatever the recipe's)."""
+    method, engine = build(epochs=10, max_warmup_epochs=3)
+    assert engine.schedules["ics_and_gates"] == method.learning_rate
+    (group,) = method._handle.optimizer.param_groups
+    assert group["momentum"] == 0.9 and group["nesterov"] is False
+    assert {method.learning_rate(step) for step in range(0, 60, 7)} == {0.01}
+    method.end_epoch(0, val_with_top1([1, 1, 1]))
+    method.end_epoch(1, val_with_top1([2, 2, 2]))  # every IC still improving
+    method.end_epoch(2, val_with_top1([3, 3, 3]))
+    assert method.warmup_done and int(method.warmup_end) == 3
+    for epoch in range(3, 10):
+        done = epoch - 3  # scheduler steps taken after the warm-up
+        expected = 2e-4 + 0.5 * (0.01 - 2e-4) * (1 + math.cos(math.pi * done / 10))
+        for step in (epoch * 10, epoch * 10 + 9):  # constant within an epoch
+            assert method.learning_rate(step) == pytest.approx(expected, rel=1e-12)
+
+
+def test_its_epochs_are_a_tenth_of_300_of_the_backbones_at_least_one() -> None:
+    hp = JeiDnn.resolve_hparams("cifar")
+    assert [JeiDnn.train_epochs(hp, e) for e in (300, 90, 3, 2)] == [10, 3, 1, 1]
+
+
+def test_heads_only_control_trains_the_ics_every_batch_and_has_no_gates() -> None:
+    method, engine = build(max_warmup_epochs=0, phase_batches=1, gates=False)
+    assert len(method.gates) == 0 and method.extra_mflops() == {}
+    assert [method.phase(step) for step in range(4)] == ["ic"] * 4
+    x, y = make_batch(6)
+    before = snapshot(method.ics)
+    logits = copy.deepcopy(method)._logits(x, [True, True], engine)  # as the step sees them
+    out = method.training_step(x, y, 0, engine)
+    assert any(not torch.equal(before[k], v) for k, v in snapshot(method.ics).items())
+    ce = [torch.nn.functional.cross_entropy(z.detach(), y) for z in logits[:2]]
+    assert out.loss == pytest.approx(float(sum(ce) / 2), rel=1e-5)  # the plain mean CE
+    assert exit_scores(method, x).keys() == {"max_softmax"}
+    display = JeiDnn.display_of("heads_only")
+    assert display.label == "JEI-DNN control: heads only"
+    assert display.main_rule == display.rules[0] == "max_softmax"
+
+
 # --------------------------------------------------------------------------- the workflow
 
 
@@ -285,16 +328,22 @@ def test_every_variant_starts_from_the_standard_run_and_depends_on_it() -> None:
         }
     )
     standard = RunSpec("fashion_mnist", "msdnet_fmnist", "standard", "", 0)
+    backbone_epochs = resolve_run(study, standard)["recipe"]["epochs"]
     for variant in ("", "lam=0.3"):
         spec = RunSpec("fashion_mnist", "msdnet_fmnist", "jei_dnn", variant, 0)
         assert resolve_run(study, spec)["init_from"] == standard.path
         assert upstream_runs(study, spec) == [standard]
+        # Its own length in its saved config: 10/300 of the backbone's epochs, at least 1.
+        epochs = resolve_run(study, spec)["recipe"]["epochs"]
+        assert epochs == max(1, round(backbone_epochs / 30)) < backbone_epochs
 
 
 JEI_ENTRY = {
     "method": "jei_dnn",
     "recipe_overrides": {"epochs": 3},
-    "hparams": {"max_warmup_epochs": 1, "phase_batches": 2},
+    # The whole 3 epochs (not 10/300 of them), so that warm-up and both phases show.
+    "hparams": {"max_warmup_epochs": 1, "phase_batches": 2, "epoch_fraction": 1.0},
+    "variants": ["", "heads_only"],
 }
 
 
@@ -327,6 +376,20 @@ def test_body_final_head_and_bn_buffers_are_standards_bit_for_bit(root: Path) ->
     assert {f"gates.{k}.weight" for k in range(last)} <= jei.keys()
 
 
+def test_the_control_runs_as_long_as_jei_and_is_judged_by_max_softmax(
+    root: Path, extension_kit: SimpleNamespace
+) -> None:
+    log = pd.read_csv(run_dir(root, "jei_dnn-heads_only") / "train_log.csv")
+    assert log["warmup_steps"].tolist() == [8, 0, 0] and log["ic_steps"].tolist() == [0, 8, 8]
+    assert log["gate_steps"].sum() == 0
+    assert [d.rule for d in read_decisions(run_dir(root, "jei_dnn-heads_only"))] == [
+        "max_softmax"
+    ] * 39
+    drawn = extension_kit.rows_of(root, "figures/fig3_budgeted.csv", "jei_dnn")
+    control = drawn[drawn["variant"] == "heads_only"]
+    assert set(control["policy"]) == {"max_softmax"} and len(control) == 39
+
+
 def test_train_log_shows_warmup_then_alternating_phases(root: Path) -> None:
     log = pd.read_csv(run_dir(root, "jei_dnn") / "train_log.csv")
     assert log["warmup_steps"].tolist() == [8, 0, 0]
@@ -356,6 +419,7 @@ def test_its_point_costs_the_gates_and_is_drawn_beside_the_score_curve(
     correct = outputs.test.correct[exits, np.arange(len(exits))]
     assert row.top1 == pytest.approx(100 * correct.mean())
     drawn = extension_kit.rows_of(root, "figures/fig3_budgeted.csv", "jei_dnn")
+    drawn = drawn[drawn["variant"] == ""]
     assert drawn.groupby("policy").size().to_dict() == {"score": 39, RULE: 1}
 
 

@@ -110,7 +110,9 @@ def test_paper_study_compares_like_with_like() -> None:
     for spec, run in runs.items():
         if run["init_from"]:
             upstream = RunSpec.from_path(run["init_from"])
-            assert runs[upstream]["recipe"] == run["recipe"], spec
+            mine, theirs = dict(run["recipe"]), dict(runs[upstream]["recipe"])
+            # A method may train its own share of the backbone's epochs (JEI-DNN: 10 of 300).
+            assert mine.pop("epochs") <= theirs.pop("epochs") and mine == theirs, spec
 
 
 def test_paper_recipes_are_appendix_b() -> None:
