@@ -372,6 +372,11 @@ class TrainMethod(InferenceCosts, HasHparams, nn.Module):
     #: Whether `end_epoch` reads the val outputs: the training loop then validates after
     #: every epoch, whatever the study's `validate_each_epoch` says.
     needs_val_each_epoch: ClassVar[bool] = False
+    #: Whether the step splits each batch into a training half and a held-out half (the
+    #: first and second `chunk(2)`): the engine then applies Mixup/CutMix within each half,
+    #: so that no held-out image is mixed with a training one (timm's batch mode mixes
+    #: sample i with sample B−1−i, which would pair every image with one of the other half).
+    held_out_half: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, hparams: dict[str, Any], ctx: TrainContext) -> None:
         nn.Module.__init__(self)

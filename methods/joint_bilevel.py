@@ -23,6 +23,10 @@ Paper vs this file (numbers refer to shared/spec/methods.md §1, "Paper vs code"
   crashes without Mixup); a batch of one sample (it serves as both halves).
 - Optimiser family, schedules, recipe and augmentation (items 7, 10, 11) belong to
   the engine and recipes, not to this file.
+- Mixup/CutMix as the authors wrote it: the whole batch is mixed, then split, so each
+  outer-half image contains an inner-half image (timm's batch mode pairs i with B−1−i).
+  Unlike L2W's held-out half (`held_out_half`), this is kept: the halves alternate roles
+  and the outer step is the paper's method, not a held-out evaluation (docs/deviations.md).
 """
 
 from __future__ import annotations

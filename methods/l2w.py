@@ -37,6 +37,9 @@ tools/meta.py, models/weight_predict.py):
   * Target proportions in float64 (pipelines.protocol) vs the code's float32, so floor(n·q_k)
     could differ at an exact boundary.
   * Soft targets (Mixup/CutMix, label smoothing) in every CE; the code has hard labels.
+    Under Mixup/CutMix each half is mixed on its own (`held_out_half`): timm's batch mode
+    pairs sample i with B−1−i, so mixing the whole batch would put a train-half image in
+    every meta-half image, and the meta half would no longer be held out.
   * A batch of one sample serves as both halves. No DDP: halves are per process batch.
   * Under AMP the forwards use the recipe's autocast; with fp16 the inner gradient, u and
     the forward-mode product are not loss-scaled (bf16, the CUDA default, needs no
@@ -333,6 +336,7 @@ class L2W(TrainMethod):
     """
 
     name: ClassVar[str] = "l2w"
+    held_out_half: ClassVar[bool] = True  # Mixup/CutMix within each half (module docstring)
     display: ClassVar[Display] = Display("L2W", "#2ca02c", "s", figures=TRAIN_FIGURES)
     # 1: meta-gradient by a first-order backward and a forward-mode JVP instead of a double
     # backward, the train half's forward shared with the real step (round-off changes).

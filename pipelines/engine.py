@@ -3,10 +3,11 @@
 The `Engine` owns everything about how one step runs: every optimizer with its
 per-iteration learning-rate schedule, the model's memory format and compilation, AMP
 (autocast and the fp16 gradient scaler), the finite-loss check, the EMA of the backbone
-and the mixup/cutmix/label smoothing of the batches. It hands the state of all of them to
-the training loop's checkpoints (pipelines/train.py), so a method never writes checkpoint
-code. Under data parallelism it also averages each step's gradients over the ranks
-(pipelines/distributed.py), so a method never writes distributed code either.
+and the mixup/cutmix/label smoothing of the batches (within each half for a method whose
+step holds one half of the batch out, `TrainMethod.held_out_half`). It hands the state of
+all of them to the training loop's checkpoints (pipelines/train.py), so a method never
+writes checkpoint code. Under data parallelism it also averages each step's gradients over
+the ranks (pipelines/distributed.py), so a method never writes distributed code either.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ class Engine:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = _build_ema(recipe, method.backbone) if "backbone" in self.slots else None
         self.mixup = _build_mixup(recipe, method.ctx.num_classes)
+        self.mix_halves = method.held_out_half and (recipe.mixup > 0 or recipe.cutmix > 0)
+        if self.mix_halves and recipe.batch_size % 4:
+            raise ValueError(
+                f"{method_name}: batch_size {recipe.batch_size} must be a multiple of 4: Mixup/"
+                "CutMix pairs the samples of each half-batch, which must be even"
+            )
         self.global_step = 0
 
     def _add_backbone_optimizer(self, params: list[nn.Parameter]) -> None:
@@ -196,6 +203,9 @@ class Engine:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.mixup is None:
             return x, y
+        if self.mix_halves:  # the method's held-out half never sees a training-half image
+            mixed = [self.mixup(*half) for half in zip(x.chunk(2), y.chunk(2), strict=True)]
+            return torch.cat([m[0] for m in mixed]), torch.cat([m[1] for m in mixed])
         return self.mixup(x, y)
 
     def current_lr(self) -> float:

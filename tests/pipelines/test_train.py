@@ -15,10 +15,10 @@ from eebench.methods import TRAIN_METHODS
 from eebench.methods.standard import Standard
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.config import load_run_config
-from eebench.pipelines.engine import NonFiniteLossError, make_optimizer
+from eebench.pipelines.engine import Engine, NonFiniteLossError, make_optimizer
 from eebench.pipelines.evaluate import collect, evaluate_run
 from eebench.pipelines.fingerprint import RunConfigChangedError, fingerprint
-from eebench.pipelines.runs import build_method, make_loaders
+from eebench.pipelines.runs import build_method, make_loaders, run_recipe
 from eebench.pipelines.train import Trainer, train_run
 from eebench.recipes import RECIPES
 from tests.tiny_runs import reference_and_killed, train_subprocess
@@ -283,3 +283,37 @@ def test_an_optimizer_family_other_than_the_recipes_is_built_or_named() -> None:
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["weight_decay"] == 1e-4
     with pytest.raises(ValueError, match="unknown optimizer family 'rmsprop'; choose one of sgd"):
         make_optimizer(recipe, params, 0.1, 1e-4, False, family="rmsprop")
+
+
+def one_hot_images(n: int) -> torch.Tensor:
+    """n single-channel 28×28 images, image i lit at pixel i only: a mixed image's lit
+    pixels name the images it was mixed from."""
+    x = torch.zeros(n, 1, 28 * 28)
+    x[torch.arange(n), 0, torch.arange(n)] = 1.0
+    return x.reshape(n, 1, 28, 28)
+
+
+@pytest.mark.parametrize(("method", "held_out"), [("l2w", True), ("joint_bilevel", False)])
+def test_mixup_pairs_images_within_each_half_when_the_method_holds_one_out(
+    tmp_path: Path, method: str, held_out: bool
+) -> None:
+    """L2W's meta half must stay held out: no meta-half image may contain a train-half one.
+    joint_bilevel keeps its authors' whole-batch mixing (timm pairs i with B−1−i)."""
+    mix = {"mixup": 0.8, "cutmix": 0.0, "label_smoothing": 0.0}
+    hparams = TRAIN_METHODS.get(method).resolve_hparams("synthetic")
+    run = make_run(mix, method=method, hparams=hparams)
+    built = build_method(run, 4, "synthetic", 8, torch.device("cpu"))
+    engine = Engine(built, run_recipe(run), method_name=method, ckpt_dir=tmp_path)
+    x, _ = engine.prepare_step(one_hot_images(32), torch.arange(32) % 4)
+    sources = [set(torch.nonzero(image.flatten()).flatten().tolist()) for image in x]
+    crosses = [bool(s - set(range(16))) for s in sources[:16]]
+    crosses += [bool(s & set(range(16))) for s in sources[16:]]
+    assert not any(crosses) if held_out else all(crosses)
+
+
+def test_mixing_within_halves_refuses_odd_halves_before_training(tmp_path: Path) -> None:
+    hparams = TRAIN_METHODS.get("l2w").resolve_hparams("synthetic")
+    run = make_run({"mixup": 0.8, "batch_size": 30}, method="l2w", hparams=hparams)
+    built = build_method(run, 4, "synthetic", 8, torch.device("cpu"))
+    with pytest.raises(ValueError, match="batch_size 30 must be a multiple of 4"):
+        Engine(built, run_recipe(run), method_name="l2w", ckpt_dir=tmp_path)
