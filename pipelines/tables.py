@@ -14,7 +14,10 @@ every run that `expand_runs` lists and writes, under `<study dir>/tables/`:
 - `claims.csv`: each claim of the paper tested on this study (`pipelines/claims.py`);
 - `calibration.csv`: per run and exit, test top-1, NLL and ECE of the run's predictive
   (`pipelines/reliability.py`), with the `source` run a post-hoc run calibrated, so that
-  before (the source's rows) and after (the post-hoc run's) pair up;
+  before (the source's rows) and after (the post-hoc run's) pair up; then per run and
+  operating point of its main exit rule, the Calibrated-DNN paper's metric: NLL and 10-bin
+  ECE over each test sample's prediction at the exit it leaves by (`budget_nll`,
+  `budget_ece10`);
   `calibration_bins.csv`: the reliability bins behind each ECE (the reliability figure's).
 
 "Top-1 at a budget B" is read from a run's budgeted curve by linear interpolation in
@@ -51,8 +54,14 @@ from eebench.pipelines.config import (
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.fingerprint import differences, fingerprint, hashed_config
 from eebench.pipelines.io import write_csv
-from eebench.pipelines.outputs import OUTPUTS_FILE, read_outputs
-from eebench.pipelines.protocol import accuracy_at_budget
+from eebench.pipelines.outputs import (
+    OUTPUTS_FILE,
+    RULES_FILE,
+    RunOutputs,
+    read_decisions,
+    read_outputs,
+)
+from eebench.pipelines.protocol import accuracy_at_budget, assign_exits
 from eebench.pipelines.reliability import BIN_COLUMNS, ece, nll, reliability_bins
 from eebench.pipelines.stats import point_interval
 from eebench.reference import paper_reported_csv
@@ -74,8 +83,16 @@ RUN_INDEX_COLUMNS = [
 #: The interval columns of every summary of top-1 (`stats.point_interval`).
 INTERVAL_COLUMNS = ["top1_ci_low", "top1_ci_high", "ci_method"]
 #: Columns of the calibration tables: `source` is the method[-variant] directory of the run a
-#: post-hoc run calibrated ('' for a trained run); top1 and ece in %, nll in nats.
-CALIBRATION_COLUMNS = [*RUN_KEYS, "source", "exit", "mflops", "top1", "nll", "ece"]
+#: post-hoc run calibrated ('' for a trained run); top1 and ece in %, nll in nats. Per-exit
+#: rows fill `exit`, `nll`, `ece` (15 bins, all test samples at that exit); per-budget rows
+#: fill `policy`, `p`, `budget_nll`, `budget_ece10` (the Calibrated-DNN paper's metric: 10
+#: bins, each test sample's prediction at the exit where the run's main rule sends it).
+CALIBRATION_COLUMNS = [
+    *[*RUN_KEYS, "source", "exit", "mflops", "top1", "nll", "ece"],
+    *["policy", "p", "budget_nll", "budget_ece10"],
+]
+#: Bins of the per-budget ECE, as in the Calibrated-DNN code (adaptive_inference.py).
+BUDGET_ECE_BINS = 10
 CALIBRATION_BIN_COLUMNS = [*RUN_KEYS, "source", "exit", *BIN_COLUMNS]
 COMPARISON_COLUMNS = [
     *["dataset", "figure", "method", "backbone", "mode", "quantity", "budget_mflops"],
@@ -451,10 +468,38 @@ def source_of(config: dict[str, Any]) -> str:
     return RunSpec.from_path(source).method_dir if source else ""
 
 
+def budget_calibration_rows(outputs: RunOutputs, decisions: list[Any]) -> list[dict[str, Any]]:
+    """Per decision: each test sample's prediction at the exit the decision sends it to, and
+    over those, top-1, NLL and the 10-bin ECE (%); mflops = the expected test cost."""
+    labels, rows = outputs.test.labels, []
+    samples = np.arange(len(labels))
+    for decision in decisions:
+        scores = outputs.test.score(decision.score)
+        exits = assign_exits(scores, np.array([decision.thresholds]))[0]
+        logits = outputs.test.logits[exits, samples]
+        rows.append(
+            {
+                "mflops": float(outputs.costs(decision.score)[exits].mean()),
+                "top1": 100.0 * float((logits.argmax(axis=-1) == labels).mean()),
+                "policy": decision.rule,
+                "p": decision.point,
+                "budget_nll": nll(logits, labels),
+                "budget_ece10": 100.0 * ece(reliability_bins(logits, labels, BUDGET_ECE_BINS)),
+            }
+        )
+    return rows
+
+
+def exit_calibration(calibration: pd.DataFrame) -> pd.DataFrame:
+    """The per-exit rows of calibration.csv (its per-budget rows have no exit)."""
+    return calibration[calibration["exit"].notna()]
+
+
 def _run_calibration(
-    run_dir: Path, ident: dict[str, Any]
+    run_dir: Path, ident: dict[str, Any], rule: str
 ) -> tuple[list[dict[str, Any]], list[pd.DataFrame]]:
-    """One run's calibration rows and reliability bins, exit by exit, from its test logits."""
+    """One run's calibration rows and reliability bins, exit by exit, from its test logits,
+    then its per-budget rows under its main exit rule `rule`."""
     outputs = read_outputs(run_dir)
     rows, bins = [], []
     for k, logits in enumerate(outputs.test.logits):
@@ -471,6 +516,9 @@ def _run_calibration(
             }
         )
         bins.append(table.assign(**ident, exit=k + 1))
+    fitted = read_decisions(run_dir) if (run_dir / RULES_FILE).is_file() else []
+    decisions = [d for d in fitted if d.rule == rule]
+    rows += [{**ident, **row} for row in budget_calibration_rows(outputs, decisions)]
     return rows, bins
 
 
@@ -491,7 +539,7 @@ def build_calibration(
             continue
         source = source_of(load_run_config(run_dir / "config.yaml"))
         ident = {**{key: getattr(spec, key) for key in RUN_KEYS}, "source": source}
-        run_rows, run_bins = _run_calibration(run_dir, ident)
+        run_rows, run_bins = _run_calibration(run_dir, ident, main_rule(run))
         rows += run_rows
         bins += run_bins
     if missing:

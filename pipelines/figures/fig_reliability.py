@@ -32,6 +32,7 @@ from eebench.pipelines.figures.common import (
     note,
     save,
 )
+from eebench.pipelines.tables import exit_calibration
 
 NAME = "fig_reliability"
 MAX_COLUMNS = 4
@@ -58,7 +59,7 @@ def method_dir(method: str, variant: str) -> str:
 
 def calibrated(tables: StudyTables) -> pd.DataFrame:
     """Calibration rows of post-hoc runs whose display lists this figure (role 'after')."""
-    frame = tables.calibration
+    frame = exit_calibration(tables.calibration)
     frame = frame[frame["source"] != ""]
     pairs = zip(frame["method"], frame["variant"], strict=True)
     shown = np.array([NAME in display_of(m, v).figures for m, v in pairs], dtype=bool)
@@ -67,7 +68,7 @@ def calibrated(tables: StudyTables) -> pd.DataFrame:
 
 def sources(tables: StudyTables, after: pd.DataFrame) -> pd.DataFrame:
     """Calibration rows of the runs those post-hoc runs calibrated, over the same seeds."""
-    frame = tables.calibration
+    frame = exit_calibration(tables.calibration)
     dirs = [method_dir(m, v) for m, v in zip(frame["method"], frame["variant"], strict=True)]
     keyed = frame.assign(_dir=dirs)
     wanted = after[["dataset", "backbone", "seed", "source"]].drop_duplicates()

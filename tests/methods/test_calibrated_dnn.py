@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -32,8 +33,9 @@ from eebench.methods.calibrated_dnn import (
     running_average,
 )
 from eebench.methods.inference import ExitByExit, RecordedExits
+from eebench.pipelines import protocol
 from eebench.pipelines.calibrate import apply_posthoc
-from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_outputs
+from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_decisions, read_outputs
 from eebench.pipelines.reliability import nll
 from eebench.pipelines.tables import read_table
 
@@ -405,19 +407,48 @@ def test_calibration_table_pairs_each_posthoc_run_with_its_source(
         ("calibrated_dnn", "", "standard"),
         ("calibrated_dnn", "no_mie", "standard"),
     ):
-        rows = extension_kit.rows_of(root, "tables/calibration.csv", method)
-        rows = rows[rows["variant"] == variant]
-        assert list(rows["exit"]) == [1, 2, 3, 4] and set(rows["source"]) == {source}
+        every = extension_kit.rows_of(root, "tables/calibration.csv", method)
+        every = every[every["variant"] == variant]
+        rows = every[every["exit"].notna()]
+        assert list(rows["exit"]) == [1, 2, 3, 4] and set(every["source"]) == {source}
         run_dir = root / RUNS / (f"{method}-{variant}" if variant else method) / "seed0"
         test = read_outputs(run_dir).test
         expected = [nll(z, test.labels) for z in test.logits]
         np.testing.assert_allclose(rows["nll"], expected, rtol=1e-9)
         assert ((rows["ece"] >= 0) & (rows["ece"] <= 100)).all()
+        assert (rows["policy"] == "").all()
+        assert rows[["p", "budget_nll", "budget_ece10"]].isna().all().all()
+        per_budget(every[every["exit"].isna()], run_dir)
         bins = extension_kit.rows_of(root, "tables/calibration_bins.csv", method)
         bins = bins[bins["variant"] == variant]
         assert (
             len(bins) == 4 * 15 and (bins.groupby("exit")["count"].sum() == len(test.labels)).all()
         )
+
+
+def per_budget(rows: pd.DataFrame, run_dir: Path) -> None:
+    """The paper's per-budget metric, by hand: the 39 max-softmax points of the run, each
+    test sample's prediction at its exit, NLL and ECE over 10 equal-width bins."""
+    outputs = read_outputs(run_dir)
+    decisions = [d for d in read_decisions(run_dir) if d.rule == MAX_SOFTMAX]
+    assert list(rows["p"]) == [d.point for d in decisions] and len(rows) == 39
+    assert set(rows["policy"]) == {MAX_SOFTMAX} and rows[["nll", "ece"]].isna().all().all()
+    labels = outputs.test.labels
+    for row, decision in zip(rows.itertuples(), decisions, strict=True):
+        scores = outputs.test.score(MAX_SOFTMAX)
+        exits = protocol.assign_exits(scores, np.array([decision.thresholds]))[0]
+        logits = outputs.test.logits[exits, np.arange(len(labels))]
+        assert row.budget_nll == pytest.approx(nll(logits, labels), rel=1e-9)
+        probs = softmax(logits.astype(np.float64))
+        confidence, correct = probs.max(1), probs.argmax(1) == labels
+        bins = np.clip(np.ceil(confidence * 10).astype(int) - 1, 0, 9)
+        gaps = [
+            abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
+            for b in range(10)
+            if (bins == b).any()
+        ]
+        assert row.budget_ece10 == pytest.approx(100 * sum(gaps) / len(labels), rel=1e-9)
+        assert row.top1 == pytest.approx(100 * correct.mean())
 
 
 def test_budgeted_curve_reads_the_calibrated_confidence_and_reaches_fig4(
