@@ -276,6 +276,8 @@ class JeiDnn(TrainMethod):
         self.ics.requires_grad_(True)
         backbone.eval()
         gates = self.num_gates if hparams["gates"] else 0
+        # The control has no gates, hence no a_l: it scores by the max softmax only.
+        self.score_names = (OWN_SCORE,) if gates else ()
         self.gates = nn.ModuleList(nn.Linear(4, 1) for _ in range(gates))
         self.gate_mflops = gate_feature_flops(ctx.num_classes) / 1e6 + module_mflops(
             nn.Sequential(self.gates[0] if gates else nn.Linear(4, 1), nn.Sigmoid()),
