@@ -79,6 +79,8 @@ UNITS = {
 }
 #: The power the smallest detectable effect (`mde`) is stated at.
 POWER = 0.8
+#: How far a curve that never reaches a cost ratio's top-1 is extended (× its last cost).
+EXTEND_AT_MOST = 10.0
 #: The most seeds `seeds_needed` looks for; beyond it, more seeds do not decide a row.
 MAX_SEEDS = 1000
 
@@ -231,11 +233,23 @@ def reach_cost(top1: np.ndarray, costs: np.ndarray, target: np.ndarray) -> np.nd
     return np.where(reached.any(axis=1), c0 + share * (c1 - c0), np.inf)
 
 
-def bounded_reach_cost(top1: np.ndarray, costs: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """`reach_cost`, with a curve that never reaches the target counted at its last point's
-    cost: a bound in the compared curve's favour that keeps a ratio's draws finite (an
-    interval does not collapse onto 'never reaches')."""
-    return np.minimum(reach_cost(top1, costs, target), costs.max(axis=1))
+def extended_reach_cost(top1: np.ndarray, costs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`reach_cost`, where a curve that never reaches the target is extended along its
+    last rising segment (at most to EXTEND_AT_MOST × its last cost; that bound when its
+    last segment does not rise): a ratio then moves with how far short the curve falls,
+    and its interval does not collapse onto 'never reaches'."""
+    reached = reach_cost(top1, costs, target)
+    order = np.argsort(costs, axis=1, kind="stable")
+    top1, costs = np.take_along_axis(top1, order, 1), np.take_along_axis(costs, order, 1)
+    last = costs[:, -1]
+    rise = top1[:, -1] - top1[:, -2] if top1.shape[1] > 1 else np.zeros(len(top1))
+    run = costs[:, -1] - costs[:, -2] if costs.shape[1] > 1 else np.zeros(len(costs))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        extended = last + (target - top1[:, -1]) * run / rise
+    extended = np.where(
+        rise > 0, np.minimum(extended, EXTEND_AT_MOST * last), EXTEND_AT_MOST * last
+    )
+    return np.where(np.isfinite(reached), reached, extended)
 
 
 @dataclass(frozen=True)
@@ -250,7 +264,7 @@ def _ratio_to_against_peak(compare: Curve, against: Curve) -> np.ndarray:
     """Against's cost at its peak top-1 / compare's cost to first reach that top-1."""
     peak = against.top1.max(axis=1)
     cost = reach_cost(against.top1, against.costs, peak)
-    return cost / bounded_reach_cost(compare.top1, compare.costs, peak)
+    return cost / extended_reach_cost(compare.top1, compare.costs, peak)
 
 
 def _ratio_at_peaks(compare: Curve, against: Curve) -> np.ndarray:
@@ -548,9 +562,9 @@ def _difference_measure(context: Context, pairs: list[Pair], how: str) -> Measur
         values, labels = _matched_difference(context, pair)
         blocks.append(values)
         points += [(pair[1].name, label) for label in labels]
-    values = np.concatenate(blocks, axis=1)
     if not points:
         return None
+    values = np.concatenate(blocks, axis=1)
     if how == "mean":
         values = values.mean(axis=1, keepdims=True)
         points = [("", f"mean of {len(points)} points")]
@@ -694,8 +708,8 @@ def _censored(context: Context, row: Row) -> str:
     if not never:
         return ""
     return (
-        f"{', '.join(never)} never reaches the against peak on the seed-mean curve: counted "
-        "at its last point's cost (a bound in its favour)"
+        f"{', '.join(never)} never reaches the against peak on the seed-mean curve: its cost "
+        f"extended along its last rising segment (at most {EXTEND_AT_MOST:g}× its last cost)"
     )
 
 
@@ -830,7 +844,8 @@ def claim_rows(
     datasets = [stand_in(study, name) for name in names]
     if not any(datasets):
         note = f"no {claim['paper_dataset']} or stand-in dataset in this study"
-        return [{**paper, **_not_run(note), "note": _row_note(claim, {"note": note})}]
+        missing = {**_not_run(note), "is_paper_backbone": False}
+        return [{**paper, **missing, "note": _row_note(claim, {"note": note})}]
     rows = []
     for dataset in dict.fromkeys(d for d in datasets if d):
         stands_for = [n for n, d in zip(names, datasets, strict=True) if d == dataset]
