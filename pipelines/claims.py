@@ -77,6 +77,8 @@ UNITS = {
     "cost_ratio_to_against_peak": ("MFLOPs ratio (against / compare)", 1.0),
     "cost_ratio_at_peaks": ("MFLOPs ratio (against / compare)", 1.0),
 }
+#: The point of a cost ratio: it reads both curves whole.
+WHOLE_CURVES = "whole curves"
 #: The power the smallest detectable effect (`mde`) is stated at.
 POWER = 0.8
 #: How far a curve that never reaches a cost ratio's top-1 is extended (× its last cost).
@@ -191,11 +193,12 @@ def seeds_needed(measure: Measure, gaps: np.ndarray, how: str) -> float:
     half = half_width(spread / np.sqrt(seeds), np.sqrt(measure.image_var), seeds - 1, level)
     clears = half < np.abs(gaps)
     first = np.where(clears.any(axis=0), seeds[clears.argmax(axis=0), 0], np.nan)
-    if supported:
-        wanted = np.sort(first[positive])[: positive.sum() - lenient] if lenient else first
-        return float(wanted.max()) if len(wanted) else np.nan  # NaN: a point never clears
-    decided = first[~positive & ~np.isnan(first)]
-    return float(decided.min()) if len(decided) else np.nan
+    if supported:  # every point on the paper's side must clear, but a spare exception
+        spare = int(lenient) - int((~positive).sum())
+        wanted = np.sort(first[positive])[: positive.sum() - spare]  # NaN (never) sorts last
+        return float(wanted.max()) if len(wanted) else np.nan
+    decided = np.sort(first[~positive & ~np.isnan(first)])  # one point (two: `all_but_one`)
+    return float(decided[int(lenient)]) if len(decided) > lenient else np.nan
 
 
 def smallest_effect(measure: Measure) -> float:
@@ -603,7 +606,7 @@ def _ratio_measure(context: Context, pairs: list[Pair], statistic: str) -> Measu
             for part, cost in zip((draws[:, :split], draws[:, split:]), costs, strict=True)
         ]
         image_var.append(np.log(ratio(*drawn)).var(ddof=1))
-    points = [(pair[1].name, "whole curves") for pair in pairs]
+    points = [(pair[1].name, WHOLE_CURVES) for pair in pairs]
     n_images = context.points(pairs[0][0])[0].correct.shape[1]
     return Measure(
         np.array(estimates), np.stack(per_seed, axis=1), np.array(image_var), n_images, points
@@ -625,10 +628,10 @@ def _reported(value: float | np.ndarray, statistic: str) -> Any:
 
 def _where(measure: Measure, point: int) -> str:
     """The binding point, and the against setting when there are several."""
-    if len(measure.points) == 1 and measure.points[0][1] == "whole curves":
-        return ""
     against, label = measure.points[point]
     several = len({name for name, _ in measure.points}) > 1
+    if label == WHOLE_CURVES:
+        return against if several else ""
     return f"{against} at {label}" if several else label
 
 

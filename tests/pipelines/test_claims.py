@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from eebench.methods.base import MAX_SOFTMAX, OWN_SCORE
 from eebench.pipelines import claims as claims_module
@@ -22,6 +23,7 @@ from eebench.pipelines.claims import (
     MAX_SEEDS,
     NOT_RUN,
     SUPPORTED,
+    Measure,
     build_claims,
     decide,
     distance,
@@ -29,6 +31,8 @@ from eebench.pipelines.claims import (
     interpolation_weights,
     paper_claims,
     reach_cost,
+    row_aggregate,
+    seeds_needed,
 )
 from eebench.pipelines.config import RunSpec, expand_runs
 from eebench.pipelines.outputs import (
@@ -77,6 +81,24 @@ def test_contradiction_is_corrected_for_the_number_of_points() -> None:
     assert alone.side == CONTRADICTED and alone.p_value == pytest.approx(0.0214, abs=1e-3)
     among = decide(np.array([9.0, 9.0, -2.3, 9.0, 9.0]), _parts(5), "every")
     assert among.side == CONTRADICTED and among.p_value == pytest.approx(5 * 0.0214, abs=5e-3)
+
+
+def test_a_paper_dataset_can_have_its_own_aggregate() -> None:
+    claim = pd.Series({"aggregate": "every; cifar10: all_but_one"})
+    assert row_aggregate(claim, ["cifar100"]) == "every"
+    assert row_aggregate(claim, ["cifar10"]) == "all_but_one"
+    assert row_aggregate(claim, ["cifar10", "cifar100"]) == "all_but_one"  # the lenient one
+    assert row_aggregate(pd.Series({"aggregate": "mean"}), ["cifar10"]) == "mean"
+
+
+def test_seeds_needed_from_the_observed_spread() -> None:
+    """Three seeds at +1, +2, +3 (sd 1), no image variance: the 95% half-width
+    t(0.975, n−1)/√n first falls below the estimate 2 at n = 4 (1.59; 2.48 at n = 3)."""
+    found = Measure(np.array([2.0]), np.array([[1.0], [2.0], [3.0]]), np.zeros(1), 100, [])
+    assert stats.t.ppf(0.975, 2) / np.sqrt(3) > 2.0 > stats.t.ppf(0.975, 3) / 2
+    assert seeds_needed(found, np.array([2.0]), "every") == 4
+    images_only = Measure(np.array([0.1]), np.array([[0.0], [0.2]]), np.array([1.0]), 100, [])
+    assert np.isnan(seeds_needed(images_only, np.array([0.1]), "every"))  # never enough
 
 
 def test_distance_is_positive_on_the_papers_side() -> None:
