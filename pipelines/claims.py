@@ -866,7 +866,7 @@ def claim_rows(
     return rows
 
 
-def _holm_verdicts(rows: pd.DataFrame, p_column: str, side_column: str) -> tuple[Any, Any]:
+def holm_verdicts(rows: pd.DataFrame, p_column: str, side_column: str) -> tuple[Any, Any]:
     """Holm-adjusted p-values across the study's rows and the verdicts they allow."""
     adjusted = holm(rows[p_column].to_numpy(dtype=np.float64))
     decided = adjusted <= 1 - LEVEL
@@ -890,11 +890,11 @@ def build_claims(
     for column in ("p_value", "magnitude_p_value", "_side", "_magnitude_side", "verdict"):
         if column not in frame:
             frame[column] = np.nan if column.endswith("value") else None
-    frame["p_holm"], verdicts = _holm_verdicts(frame, "p_value", "_side")
+    frame["p_holm"], verdicts = holm_verdicts(frame, "p_value", "_side")
     frame["verdict"] = np.where(
         frame["p_value"].isna(), frame["verdict"].fillna(INCONCLUSIVE), verdicts
     )
-    frame["magnitude_p_holm"], frame["magnitude_verdict"] = _holm_verdicts(
+    frame["magnitude_p_holm"], frame["magnitude_verdict"] = holm_verdicts(
         frame, "magnitude_p_value", "_magnitude_side"
     )
     return frame.reindex(columns=CLAIM_COLUMNS).astype({"seeds": "Int64", "seeds_needed": "Int64"})
