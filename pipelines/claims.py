@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -403,7 +404,8 @@ def _label_matches(label: str, rows: str) -> bool:
 
 def _selected(item: Item, runs: pd.DataFrame, table: str) -> pd.Series:
     """Mask of the runs (index rows of one dataset and backbone) an item selects:
-    `method` (its default variant), `method-variant`, `method-*` (every variant),
+    `method` (its default variant), `method-variant`, `method-pattern` (the variants that
+    match a shell pattern: `-*` every one, `-lam=*` the λ ones),
     `method[label]` / `[+word]` / `[-word]` / `[*]` (the runs that are rows of `table` with
     that label / whose '+'-joined label has, or lacks, the word / all of them), or
     `figure:NAME` (the default variant of every method whose display lists the figure NAME)."""
@@ -420,7 +422,8 @@ def _selected(item: Item, runs: pd.DataFrame, table: str) -> pd.Series:
         matches = [_label_matches(label, rows.rstrip("]")) for label in labels]
         return (runs["method"] == method) & pd.Series(matches, index=runs.index, dtype=bool)
     name, _, variant = method.partition("-")
-    return (runs["method"] == name) & ((runs["variant"] == variant) | (variant == "*"))
+    matches = [fnmatchcase(label, variant) for label in runs["variant"]]
+    return (runs["method"] == name) & pd.Series(matches, index=runs.index, dtype=bool)
 
 
 def settings_of(item: Item, runs: pd.DataFrame, backbones: list[str], table: str) -> list[Setting]:

@@ -23,6 +23,7 @@ from eebench.pipelines.claims import (
     MAX_SEEDS,
     NOT_RUN,
     SUPPORTED,
+    Item,
     Measure,
     build_claims,
     decide,
@@ -34,6 +35,7 @@ from eebench.pipelines.claims import (
     reach_cost,
     row_aggregate,
     seeds_needed,
+    settings_of,
 )
 from eebench.pipelines.config import RunSpec, expand_runs
 from eebench.pipelines.outputs import (
@@ -103,6 +105,20 @@ def test_holm_decides_fewer_rows_than_each_alone() -> None:
     adjusted, verdicts = holm_verdicts(rows, "p", "side")
     assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert verdicts.tolist() == [SUPPORTED, INCONCLUSIVE, INCONCLUSIVE, ""]
+
+
+def test_a_variant_pattern_selects_the_variants_it_matches(
+    make_study: Callable[..., dict[str, Any]],
+) -> None:
+    study = make_study()
+    runs = pd.DataFrame([vars(spec) for spec in expand_runs(study)])
+    names = lambda text: sorted(  # noqa: E731
+        s.name for s in settings_of(Item.parse(text), runs, ["msdnet_cifar"], "table1")
+    )
+    everything = ["joint_bilevel", "joint_bilevel-confidence", "joint_bilevel-frozen"]
+    assert names("joint_bilevel-*") == [*everything, "joint_bilevel-margin+entropy"]
+    assert names("joint_bilevel-f*") == ["joint_bilevel-frozen"]  # not the others
+    assert names("joint_bilevel-frozen") == ["joint_bilevel-frozen"]
 
 
 def test_a_paper_dataset_can_have_its_own_aggregate() -> None:
