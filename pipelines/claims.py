@@ -731,19 +731,16 @@ def _control(context: Context, row: Row, how: str) -> dict[str, Any]:
     """compare − control under the claim's own statistic and aggregate (control columns),
     and in the note what the control shows: control − base (what the control's extra
     training alone gives) beside against − base, means over the points."""
-    pairs = _pairs(row.compare, row.control)
     if not row.claim["control_runs"]:
         return {}
+    pairs = _pairs(row.compare, row.control)
     if not pairs:
         return {"control": f"no {row.claim['control_runs']} run"}
-    seeds = common_seeds(pairs + _pairs(row.control, row.base) + _pairs(row.against, row.base))
-    missing = [
-        p
-        for pair in pairs
-        for s in pair
-        for seed in seeds
-        for p in context.store.missing(s.spec(seed))
-    ]
+    lifts = [_pairs(row.control, row.base), _pairs(row.against, row.base)]
+    everything = pairs + lifts[0] + lifts[1]
+    seeds = common_seeds(everything)
+    settings = {s for pair in everything for s in pair}
+    missing = [p for s in settings for seed in seeds for p in context.store.missing(s.spec(seed))]
     if not seeds or missing:
         return {"control": f"{row.claim['control_runs']}: no common seed or per-sample outputs"}
     controlled = Context(row, seeds, context.store, context.budgets)
@@ -754,10 +751,9 @@ def _control(context: Context, row: Row, how: str) -> dict[str, Any]:
     estimate, low, high = _interval(found, point, row.claim["statistic"])
     base = _names(row.base, row.backbone)
     shows = (
-        f"control − {base} (its extra training alone) "
-        f"{_mean_text(controlled, _pairs(row.control, row.base))} vs "
-        f"{_names(row.against, row.backbone)} − {base} "
-        f"{_mean_text(controlled, _pairs(row.against, row.base))}, means over the points"
+        f"control − {base} (its extra training alone) {_mean_text(controlled, lifts[0])} "
+        f"vs {_names(row.against, row.backbone)} − {base} {_mean_text(controlled, lifts[1])}, "
+        "means over the points"
     )
     return {
         "control": _names(row.control, row.backbone),
