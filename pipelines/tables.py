@@ -196,7 +196,7 @@ class StudyResults:
 TEXT_COLUMNS = (
     *["dataset", "backbone", "variant", "features", "policy", "exit_fractions", "note"],
     *["hparams", "source", "compare", "against", "points", "ci_method", "at", "verdict"],
-    "paper_side",
+    *["paper_side", "magnitude_verdict", "control"],
 )
 
 

@@ -1,8 +1,9 @@
 """The paper's claims tested on the study (beyond the paper's figures): a line per claim and
 backbone of `tables/claims.csv` with the suite's estimate of the paper's effect and its 95%
-paired bootstrap interval, coloured by verdict; top-1 differences in one panel (0: no
-difference), MFLOPs ratios in the other (1: the same cost); a claim the study cannot test
-says `not run`. Also written as Markdown (`figures/claims.md`), with the paper's numbers."""
+paired interval (over seeds and test images), coloured by verdict; top-1 differences in
+one panel (0: no difference), MFLOPs ratios in the other (1: the same cost); a claim the
+study cannot test says `not run`. Also written as Markdown (`figures/claims.md`), with the
+paper's numbers."""
 
 from __future__ import annotations
 
@@ -40,14 +41,16 @@ BOX = {"facecolor": "white", "edgecolor": "none", "pad": 1.0}
 WIDTH = 12.0  # inches: room for the row labels left of the panels
 CLAIMS_NOTE = (
     "Each claim of the paper (reference/paper_claims.csv) on this study: the estimate of its "
-    "effect (compare − against, top-1 points, at the exits or the Table 1 budgets it is about, "
-    "aggregated as the claim says; or the MFLOPs ratio against / compare), with its 95% "
-    "interval from a paired bootstrap (1000 draws of the test images, and of the seeds when "
-    "there are several; the same draws for both sides). Supported: the interval lies on the "
-    "paper's side of 0 (1 for ratios); contradicted: on the other side; else inconclusive; "
-    "not run: the study lacks the runs or their per-sample outputs. A claim about every "
-    "exit or budget is judged on its worst point, which each draw picks anew, so its "
-    "interval can lie beside the estimate (the worst point of the data itself)"
+    "effect (compare − against, top-1 points, at the exits, costs or Table 1 budgets it is "
+    "about; or the MFLOPs ratio against / compare) at its binding point (the one least "
+    "favourable to the claim), with that point's 95% interval: t over the seeds' paired "
+    "values with the test images' variance added (one seed: the images alone). Verdicts: "
+    "supported when every point's interval clears the paper's side of 0 (1 for ratios), "
+    "contradicted when one point's interval, corrected for the number of points, lies on "
+    "the other side, with Holm's correction across the study's rows; else inconclusive; "
+    "not run: the study lacks the runs or their per-sample outputs. The magnitude verdict "
+    "asks the same of the paper's smallest stated effect; mde is the smallest effect the "
+    "row detects with 80% power, seeds needed what its observed spread would need to decide it"
 )
 
 
@@ -68,7 +71,7 @@ def _draw_panel(ax: Axes, rows: pd.DataFrame, statistic: str) -> None:
         if np.isnan(row.estimate):
             ax.text(reference, y, row.verdict, ha="center", va="center", color=color, bbox=BOX)
             continue
-        # The interval as its own line: a worst case's interval can lie beside its estimate.
+        # The interval as its own line (an estimate outside it stays visible).
         ax.plot([row.ci_low, row.ci_high], [y, y], "-|", color=color, markersize=7)
         ax.plot(row.estimate, y, "o", color=color)
     for verdict in dict.fromkeys(rows["verdict"]):
@@ -85,22 +88,32 @@ def _interval(row: Any) -> str:
     return f"{row.estimate:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]{where}"
 
 
+def _power(row: Any) -> str:
+    if pd.isna(row.mde):
+        return "–"
+    needed = "more seeds do not decide it" if pd.isna(row.seeds_needed) else row.seeds_needed
+    return f"{row.mde:.2f}; {needed}"
+
+
 def claims_markdown(claims: pd.DataFrame, text: str) -> str:
-    """The claims table as Markdown: the paper's effect beside ours, and the verdict."""
+    """The claims table as Markdown, the rows on the paper's backbone first: the paper's
+    effect beside ours, both verdicts, the power."""
     lines = [
         "# The paper's claims tested on this study",
         "",
         f"{text}. {CLAIMS_NOTE}.",
         "",
-        "| claim | dataset, backbone | paper (its dataset) | paper's side | ours: estimate "
-        "[95% CI] | unit | verdict | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| claim | dataset, backbone | paper's backbone | paper (its dataset) | paper's side "
+        "| ours: estimate [95% CI] | unit | verdict | magnitude | mde; seeds needed | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    ordered = claims.sort_values("is_paper_backbone", ascending=False, kind="stable")
     lines += [
-        f"| {row.id}: {row.claim} | {row.dataset}, {row.backbone} | {row.paper_effect} "
+        f"| {row.id}: {row.claim} | {row.dataset}, {row.backbone} "
+        f"| {'yes' if row.is_paper_backbone else 'no'} | {row.paper_effect} "
         f"({row.paper_dataset}) | {row.paper_side} | {_interval(row)} | {row.unit} "
-        f"| {row.verdict} | {row.note} |"
-        for row in claims.itertuples()
+        f"| {row.verdict} | {row.magnitude_verdict or '–'} | {_power(row)} | {row.note} |"
+        for row in ordered.itertuples()
     ]
     return "\n".join(lines) + "\n"
 
