@@ -269,6 +269,27 @@ class Spreads:
         found = seed_spread(frame, CHECKS[table], column)
         return {where: Spread(s.point, s.run, label) for where, s in found.items()}
 
+    @cache  # noqa: B019 - one Spreads per verification
+    def group_sd(self, table: str, column: str, method: str | None) -> float:
+        """The sd over seeds of a group's mean (one method's runs, or all): its runs share a
+        seed's backbone (post-hoc and init_from methods build on `standard`'s), so they move
+        together, and only the group's own seeds measure by how much."""
+        for folder in self.folders:
+            path = folder / table
+            if not path.is_file():
+                continue
+            frame = read_table(path)
+            if column not in frame or "seed" not in frame or frame["seed"].nunique() < 2:
+                continue
+            if method is not None:
+                frame = frame[frame["method"] == method] if "method" in frame else frame[:0]
+            values = pd.to_numeric(frame[column], errors="coerce")
+            runs = frame.assign(value=values).groupby(CHECKS[table].unit, dropna=False)["value"]
+            by_seed = runs.mean().groupby(level="seed").mean()
+            if by_seed.notna().sum() >= 2:
+                return float(by_seed.std())
+        return np.nan
+
     def get(self, table: str, column: str, row: dict[str, Any]) -> Spread | None:
         """The spread of a per-seed table's column for a row's run setting (else its dataset
         and backbone); a backbone cell naming several ("a vs b") takes the largest."""
@@ -532,7 +553,8 @@ def _compare_value(
 
 def _pool(context: Context, report: TableReport, both: pd.DataFrame, kinds: dict[str, str]) -> None:
     """Queue the mean difference of every level column over the runs of each method (and of
-    the whole table): a run's points move together, so its mean difference is one draw."""
+    the whole table): a run's points move together, so its mean difference is one draw, and
+    runs on one seed's backbone move together, so the group's own seed spread bounds it too."""
     unit = CHECKS[report.name].unit
     if not unit or both.empty:
         return
@@ -544,22 +566,27 @@ def _pool(context: Context, report: TableReport, both: pd.DataFrame, kinds: dict
         )
         runs = both.assign(diff=new - old).groupby(unit, dropna=False, sort=False)
         means = runs["diff"].mean()
-        sds = np.array(
-            [
-                context.sd(report.name, column, kind, row, run=True)
-                for _, row in runs.head(1).iterrows()
-            ]
-        )
+        first = [row for _, row in runs.head(1).iterrows()]
+        sds = np.array([context.sd(report.name, column, kind, row, run=True) for row in first])
         ok = means.notna().to_numpy() & ~np.isnan(sds)
-        groups = [("all runs", ok)]
+        groups: list[tuple[str | None, np.ndarray]] = [(None, ok)]
         if "method" in unit:
             methods = means.index.get_level_values("method")
-            groups += [(f"method={m}", ok & (methods == m)) for m in pd.unique(methods)]
-        for group, mask in groups:
-            if mask.sum() >= 2:
-                sd = float(np.sqrt((sds[mask] ** 2).sum()) / mask.sum())
-                mean = float(means[mask].mean())
-                context.pooled.append(Pooled(report, group, column, mean, sd, int(mask.sum())))
+            groups += [(m, ok & (methods == m)) for m in pd.unique(methods)]
+        source = context.source(report.name, column)
+        for method, mask in groups:
+            if mask.sum() < 2:
+                continue
+            apart = np.sqrt((sds[mask] ** 2).sum()) / mask.sum()
+            if "seed" in unit:
+                seeds = float(means.index.get_level_values("seed")[mask].nunique())
+            else:
+                seeds = seeds_of(first[int(np.argmax(mask))])
+            together = np.sqrt(2 / seeds) * context.spreads.group_sd(*source, method)
+            group = "all runs" if method is None else f"method={method}"
+            sd = float(np.fmax(apart, together))
+            mean = float(means[mask].mean())
+            context.pooled.append(Pooled(report, group, column, mean, sd, int(mask.sum())))
 
 
 def compare_table(
