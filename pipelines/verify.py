@@ -333,6 +333,8 @@ def column_kind(name: str, column: str, committed: pd.DataFrame) -> str:
         return "verdict" if verdicts else "exact"
     if "mflops" in column:
         return "cost"
+    if "speedup" in column:
+        return "ratio"  # a cost ratio (the predicted speedup; measured ones are MACHINE's)
     return "top1" if "top1" in column else "measured"
 
 
@@ -465,6 +467,9 @@ class Context:
 
     def sd(self, name: str, column: str, kind: str, row: pd.Series, run: bool = False) -> float:
         """The sd between regenerations of one row's value (`run`: of its run's mean)."""
+        if kind == "ratio":  # full cost / cost: moves by the cost's relative sd
+            ratio = _number(row[f"{column}_old"]) / _number(row["mflops_old"])
+            return self.sd(name, "mflops", "cost", row, run) * ratio
         check = CHECKS[name]
         if check.spread_when:
             by, prefix = check.spread_when
@@ -559,7 +564,7 @@ def _pool(context: Context, report: TableReport, both: pd.DataFrame, kinds: dict
     if not unit or both.empty:
         return
     for column, kind in kinds.items():
-        if kind not in ("top1", "cost", "measured") or not _is_level(column):
+        if kind not in ("top1", "cost", "ratio", "measured") or not _is_level(column):
             continue
         new, old = (
             pd.to_numeric(both[f"{column}_{side}"], errors="coerce") for side in ("new", "old")
@@ -582,6 +587,7 @@ def _pool(context: Context, report: TableReport, both: pd.DataFrame, kinds: dict
                 seeds = float(means.index.get_level_values("seed")[mask].nunique())
             else:
                 seeds = seeds_of(first[int(np.argmax(mask))])
+            seeds = seeds if seeds >= 1 else 1.0  # NaN or 0: a row of no seed
             together = np.sqrt(2 / seeds) * context.spreads.group_sd(*source, method)
             group = "all runs" if method is None else f"method={method}"
             sd = float(np.fmax(apart, together))
