@@ -267,7 +267,7 @@ def test_identity_when_both_sides_ran_the_same_reproducible_mode(
 def test_otherwise_the_comparison_is_statistical_and_says_why(
     two_studies: Callable[[list[int]], Studies], change: dict[str, Any] | None, reason: str
 ) -> None:
-    study, old, new = two_studies([0, 1])
+    _, old, new = two_studies([0, 1])
     environment(old)
     if change is not None:
         environment(new, **change)
@@ -277,7 +277,7 @@ def test_otherwise_the_comparison_is_statistical_and_says_why(
 
 
 def test_identity_on_gpu_falls_back(two_studies: Callable[[list[int]], Studies]) -> None:
-    study, old, new = two_studies([0, 1])
+    _, old, new = two_studies([0, 1])
     environment(old, device="cuda")
     environment(new, device="cuda")
     assert identity_reason(old, new) == (
