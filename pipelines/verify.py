@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -290,7 +290,7 @@ class Spreads:
                 return float(by_seed.std())
         return np.nan
 
-    def get(self, table: str, column: str, row: dict[str, Any]) -> Spread | None:
+    def get(self, table: str, column: str, row: Mapping[str, Any]) -> Spread | None:
         """The spread of a per-seed table's column for a row's run setting (else its dataset
         and backbone); a backbone cell naming several ("a vs b") takes the largest."""
         names = [name.strip() for name in str(row["backbone"]).split(" vs ")]
@@ -298,7 +298,7 @@ class Spreads:
         found = [spread for spread in found if spread is not None]
         return max(found, key=lambda s: s.point) if found else None
 
-    def _first(self, table: str, column: str, row: dict[str, Any]) -> Spread | None:
+    def _first(self, table: str, column: str, row: Mapping[str, Any]) -> Spread | None:
         check = CHECKS[table]
         config = _config_keys(check) + [k for k in check.keys if k in TEXT_POINT_KEYS]
         wanted = [_text(tuple(row[key] for key in config))] if set(config) <= set(row) else []
@@ -364,12 +364,17 @@ def role_factor(column: str, n: float) -> float:
     if "std" in column:
         return 1 / np.sqrt(2 * (n - 1)) if n >= 2 else 1.0
     if column.endswith(("_low", "_high")) and n >= 2:
-        c = stats.t.ppf(0.975, n - 1) / np.sqrt(n)
-        return float(np.sqrt(1 / n + c**2 / (2 * (n - 1))))
+        return _bound_factor(n)
     return 1 / np.sqrt(n)
 
 
-def seeds_of(row: pd.Series) -> float:
+@cache
+def _bound_factor(n: float) -> float:
+    c = stats.t.ppf(0.975, n - 1) / np.sqrt(n)
+    return float(np.sqrt(1 / n + c**2 / (2 * (n - 1))))
+
+
+def seeds_of(row: Mapping[str, Any]) -> float:
     """How many seeds a row averages (1 for a per-seed row)."""
     for column in SEED_COUNTS:
         if f"{column}_old" in row:
@@ -465,7 +470,9 @@ class Context:
         best = max(inside, key=len, default=check.source)
         return (check.seed_table, best) if best else None
 
-    def sd(self, name: str, column: str, kind: str, row: pd.Series, run: bool = False) -> float:
+    def sd(
+        self, name: str, column: str, kind: str, row: Mapping[str, Any], run: bool = False
+    ) -> float:
         """The sd between regenerations of one row's value (`run`: of its run's mean)."""
         if kind == "ratio":  # full cost / cost: moves by the cost's relative sd
             ratio = _number(row[f"{column}_old"]) / _number(row["mflops_old"])
@@ -489,7 +496,7 @@ class Context:
         return float(np.sqrt(2) * sigma * factor)
 
 
-def _backbone(row: pd.Series) -> str:
+def _backbone(row: Mapping[str, Any]) -> str:
     """The suite's backbone of a row (paper_comparison's `backbone` is the paper's)."""
     return str(row["ours_backbone"] if "ours_backbone" in row else row["backbone"])
 
@@ -504,7 +511,7 @@ def _keyed(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.assign(dup=frame.groupby(keys, dropna=False).cumcount())
 
 
-def _row_name(row: pd.Series, keys: list[str]) -> str:
+def _row_name(row: Mapping[str, Any], keys: list[str]) -> str:
     return " ".join(f"{key}={row[key]}" for key in keys)
 
 
@@ -512,7 +519,7 @@ def _exact_differs(old: Any, new: Any) -> bool:
     if pd.isna(old) and pd.isna(new):
         return False
     if isinstance(old, int | float | np.number) and isinstance(new, int | float | np.number):
-        return not np.isclose(old, new, rtol=EXACT_RTOL, atol=0.0)
+        return not abs(old - new) <= EXACT_RTOL * abs(new)
     return str(old) != str(new)
 
 
@@ -528,7 +535,12 @@ def _number(value: Any) -> float:
 
 
 def _compare_value(
-    context: Context, report: TableReport, row: pd.Series, column: str, kind: str, where: str
+    context: Context,
+    report: TableReport,
+    row: Mapping[str, Any],
+    column: str,
+    kind: str,
+    where: str,
 ) -> None:
     """Judge one cell now (text, verdicts, impossible or missing numbers), or queue it for the
     corrected tolerance."""
@@ -571,7 +583,7 @@ def _pool(context: Context, report: TableReport, both: pd.DataFrame, kinds: dict
         )
         runs = both.assign(diff=new - old).groupby(unit, dropna=False, sort=False)
         means = runs["diff"].mean()
-        first = [row for _, row in runs.head(1).iterrows()]
+        first = runs.head(1).to_dict("records")
         sds = np.array([context.sd(report.name, column, kind, row, run=True) for row in first])
         ok = means.notna().to_numpy() & ~np.isnan(sds)
         groups: list[tuple[str | None, np.ndarray]] = [(None, ok)]
@@ -624,7 +636,7 @@ def compare_table(
         for _, row in merged[merged["_merge"] == side].iterrows():
             report.problems.append(f"{_row_name(row, check.keys)}: only in the {where} table")
     both = merged[merged["_merge"] == "both"]
-    for _, row in both.iterrows():
+    for row in both.to_dict("records"):
         where = _row_name(row, check.keys)
         for column, kind in kinds.items():
             _compare_value(context, report, row, column, kind, where)
