@@ -478,10 +478,6 @@ class Context:
             ratio = _number(row[f"{column}_old"]) / _number(row["mflops_old"])
             return self.sd(name, "mflops", "cost", row, run) * ratio
         check = CHECKS[name]
-        if check.spread_when:
-            by, prefix = check.spread_when
-            if not str(row[f"{by}_old"]).startswith(prefix):
-                return np.nan
         dataset, backbone = row["dataset"], _backbone(row)
         named = ("method", "variant", "features", *TEXT_POINT_KEYS)
         setting = {key: row[key] for key in named if key in row}
@@ -560,12 +556,28 @@ def _compare_value(
         report.problems.append(f"{where}: {column} {old:.6g} (committed) vs {new:.6g} (new), {why}")
     elif np.isnan(old):
         report.agree += 1
+    elif not _has_spread(report.name, row):
+        report.unjudged += 1
     else:
         sd = context.sd(report.name, column, kind, row)
-        if np.isnan(sd):
-            report.unjudged += 1
-        else:
+        if not np.isnan(sd):
             context.judged.append(Judged(report, where, column, old, new, sd))
+        elif _exact_differs(old, new):
+            report.problems.append(
+                f"{where}: {column} {old:.6g} (committed) vs {new:.6g} (new), and no measured "
+                f"spread to judge a difference by: commit a study with two or more seeds of "
+                f"{row['dataset']}/{_backbone(row)} next to it, or run both in the "
+                "reproducible mode"
+            )
+        else:
+            report.agree += 1
+
+
+def _has_spread(name: str, row: Mapping[str, Any]) -> bool:
+    """Whether a row's numbers are of a kind a spread is measured for (a claim's peak-cost
+    ratio is not: no per-seed column holds it)."""
+    when = CHECKS[name].spread_when
+    return when is None or str(row[f"{when[0]}_old"]).startswith(when[1])
 
 
 def _pool(context: Context, report: TableReport, both: pd.DataFrame, kinds: dict[str, str]) -> None:

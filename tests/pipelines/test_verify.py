@@ -205,6 +205,19 @@ def test_a_one_seed_study_regenerated_agrees(tmp_path: Path, seed: int, again: i
     assert problems(study, tmp_path / "one", tmp_path / "two", PER_SEED) == []
 
 
+def test_without_a_measured_spread_only_equal_values_agree(
+    two_studies: Callable[[list[int]], Studies],
+) -> None:
+    """A one-seed study with no committed study of seeds beside it: nothing measures the
+    noise, so a value agrees when equal and a difference is named with the remedy (it was
+    judged by the binomial error before)."""
+    study, old, new = two_studies([0])
+    assert problems(study, old, new) == []
+    edit_tables(new, set_one("anytime.csv", "top1", lambda v: v + 0.5, seed=0))
+    (problem,) = problems(study, old, new, ("anytime.csv",))
+    assert "and no measured spread to judge a difference by: commit a study" in problem
+
+
 def test_the_spread_is_robust_to_an_edit() -> None:
     """A +10 on one committed value moves the measured spread by less than 5%."""
     frame = read_table(REPO / "results" / "evidence" / "tables" / "anytime.csv")
@@ -216,19 +229,27 @@ def test_the_spread_is_robust_to_an_edit() -> None:
         assert after[where].point <= 1.05 * spread.point, where
 
 
+def add_column(column: str, values: Callable[[pd.DataFrame], Any]):
+    """A column added to calibration.csv (as another issue adds per-budget ECEs)."""
+
+    def change(name: str, frame: pd.DataFrame) -> bool:
+        if name == "calibration.csv":
+            frame[column] = values(frame)
+        return name == "calibration.csv"
+
+    return change
+
+
 def test_a_new_column_is_judged_by_its_kind(committed: Callable[[str], Studies]) -> None:
-    """A column the checks do not name (another issue adds per-budget ECEs) is judged by its
-    seed spread like any measured column, and a column on one side only disagrees."""
+    """A column the checks do not name is judged by its own seed spread like any measured
+    column, and a column on one side only disagrees."""
     config, old, new = committed("evidence")
     for root in (old, new):
-        edit_tables(
-            root,
-            lambda n, f: n == "calibration.csv" and bool(f.insert(0, "ece_p5", f["ece"])) is False,
-        )
+        edit_tables(root, add_column("ece_p5", lambda frame: frame["ece"]))
     edit_tables(new, set_one("calibration.csv", "ece_p5", lambda v: v + 5))
     names = ("calibration.csv",)
     assert any("ece_p5" in p and "|Δ| 5 >" in p for p in problems(config, old, new, names))
-    edit_tables(new, lambda n, f: n == "calibration.csv" and f.insert(0, "power", 1.0) is None)
+    edit_tables(new, add_column("power", lambda frame: 1.0))
     assert "columns power missing in the committed table" in problems(config, old, new, names)[0]
 
 
