@@ -8,18 +8,19 @@ downloaded again; the tables of TABLE_FILES are then compared in one of two ways
   mode with the same mode, torch and device "cpu": every cell must have the same text;
 - **statistical** otherwise. Two regenerations share the test images, so what moves a number
   between them is training noise. Its size is measured on the COMMITTED side only, never on
-  the regeneration: the spread over seeds of each column, per dataset and backbone, pooled
-  over the study's points by a median (`seed_spread`), so that editing a few committed values
-  cannot widen it; a study with one seed takes it from a committed study with seeds on the
-  same dataset and backbone (its sibling folder, e.g. results/evidence). Every value then
-  agrees within z·√2·sd (z Bonferroni-corrected over the values compared), and the mean
-  difference per method, over its runs, within z·sd of that mean (Bonferroni over the
-  tests): one value off by several spreads, or a method shifted by a fraction of one, is
-  caught. Costs also get the standard error of a mean cost over the test images (from the
-  exit fractions); impossible values (top-1 outside [0, 100], a negative cost or spread, an
-  infinity, a NaN facing a number) always disagree. Timings are the machine's and are not
-  compared; columns the config fixes, text and counts must be equal; verdicts may move
-  to or from "inconclusive" but never flip.
+  the regeneration: the spread over seeds of each column, per dataset and backbone and per
+  run setting, pooled over points by a median (`seed_spread`), so that editing a few
+  committed values cannot widen it; a study with one seed takes it from a committed study
+  with seeds on the same dataset and backbone (its sibling folder, e.g. results/evidence),
+  and with none a value agrees only when equal. Every value agrees within z·√2·sd (z
+  Bonferroni-corrected over the values compared), and the mean difference per method (and
+  per table) within z·sd of that mean, sd bounded below by the group's own seed spread: the
+  runs on one seed's backbone move together, so a shift of a method is caught only beyond
+  what its seeds move by. Costs also get the standard error of a mean cost over the test
+  images (from the exit fractions); impossible values (top-1 outside [0, 100], a negative
+  cost or spread, an infinity, a NaN facing a number) always disagree. Timings are the
+  machine's and are not compared; columns the config fixes, text and counts must be equal;
+  verdicts may move to or from "inconclusive" but never flip.
 """
 
 from __future__ import annotations
@@ -466,7 +467,10 @@ class Context:
             return name, column
         if check.seed_table is None:
             return None
-        inside = [c for c in self.seed_columns(check.seed_table) if c in column and c != "seed"]
+        per_seed = CHECKS[check.seed_table]
+        fixed = {*per_seed.keys, *per_seed.exact}
+        columns = self.seed_columns(check.seed_table)
+        inside = [c for c in columns if c in column and c not in fixed]
         best = max(inside, key=len, default=check.source)
         return (check.seed_table, best) if best else None
 
