@@ -160,8 +160,8 @@ def test_mutations_of_the_committed_tables_are_caught(
 ) -> None:
     """The edit is made to the committed side, the one the tolerances are measured on: a
     +10 on one seed must not widen its own tolerance (it did: the point's std grew), nor
-    150 or -5 make it NaN. The old 1.96·√2 binomial or point-std tolerance let the shifts,
-    the +10 and the impossible values through."""
+    150 or -5 make it NaN. The old tolerance (1.96·√2 binomial errors or point stds) let all
+    of these through but the evidence study's shift."""
     config, old, new = committed(study)
     edit_tables(old, mutation)
     found = problems(config, old, new)
@@ -314,9 +314,11 @@ def test_identity_catches_what_statistics_cannot(
     """A -1.0 shift of every joint_bilevel row of the one-seed default study is within what
     one regeneration moves those runs by (their seed means differ by up to 1.0 point in the
     evidence study, together: they share `standard`'s backbone), so the statistics let it
-    through; in the reproducible mode it is caught."""
+    through, and so does a -0.5 shift of the whole study; in the reproducible mode both are
+    caught."""
     config, old, new = committed("default")
     edit_tables(old, mutation)
+    assert problems(config, old, new) == []
     for root in (old, new):
         (root / "runs" / "fashion_mnist" / "msdnet_fmnist" / "standard" / "seed0").mkdir(
             parents=True
