@@ -273,7 +273,7 @@ class Spreads:
     @cache  # noqa: B019 - one Spreads per verification
     def group_sd(self, table: str, column: str, method: str | None) -> float:
         """The sd over seeds of a group's mean (one method's runs, or all): its runs share a
-        seed's backbone (post-hoc and init_from methods build on `standard`'s), so they move
+        seed's backbone (post-hoc and init_from methods build on another run's), so they move
         together, and only the group's own seeds measure by how much."""
         for folder in self.folders:
             path = folder / table
