@@ -160,26 +160,34 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit status 0 when every committed table agrees, 1 when one does not, 2 when the
-    regeneration failed."""
+    """Exit status 0 when every committed table agrees, 1 when one does not, 2 when there is
+    nothing to compare or the regeneration failed."""
     from subprocess import CalledProcessError
 
-    from eebench.pipelines.verify import verify
+    from eebench.pipelines.verify import NothingToCompareError, verify
 
     study, root = _study_paths(args)
     tables_from = Path(args.tables_from) if args.tables_from else None
     workdir = Path(args.workdir) if args.workdir else None
     try:
-        reports = verify(Path(args.study), study, root, tables_from, workdir, args.cores)
+        result = verify(Path(args.study), study, root, tables_from, workdir, args.cores)
+    except NothingToCompareError as error:
+        print(f"eebench verify: {error}", file=sys.stderr)
+        return 2
     except CalledProcessError as error:
         print(f"eebench verify: the regeneration failed (snakemake exit {error.returncode})")
         return 2
+    reports = result.reports
     for report in reports:
         print("\n".join(report.lines()))
     failed = [report.name for report in reports if report.problems]
     agree = sum(report.agree for report in reports)
-    verdict = f"{len(failed)} disagree ({', '.join(failed)})" if failed else "all agree"
-    print(f"verify {study['study']}: {len(reports)} tables, {agree} values agree; {verdict}")
+    same = "identical" if result.comparison == "identity" else "agree"
+    verdict = f"{len(failed)} disagree ({', '.join(failed)})" if failed else f"all {same}"
+    print(
+        f"verify {study['study']} ({result.comparison} comparison: {result.reason}): "
+        f"{len(reports)} tables, {agree} values {same}; {verdict}"
+    )
     return 1 if failed else 0
 
 
