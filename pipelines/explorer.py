@@ -336,9 +336,32 @@ def _only_itself(route: Any, url: str, opened: OfflinePage) -> None:
         route.abort()
 
 
+#: Pixel position of the middle point of a panel's trace (arguments: panel, trace index).
+POINT_POSITION = """([panel, index]) => {
+  const gd = document.querySelectorAll('#panels .js-plotly-plot')[panel];
+  gd.scrollIntoView({ block: 'nearest' });
+  const trace = gd.data[index], middle = Math.floor(trace.x.length / 2);
+  const box = gd.getBoundingClientRect(), xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  return [box.left + xa._offset + xa.c2p(trace.x[middle]),
+          box.top + ya._offset + ya.c2p(trace.y[middle])];
+}"""
+
+
+def hover_point(page: Any, panel: int, index: int) -> Any:
+    """Move the mouse onto the middle point of a trace; the tooltip that Plotly shows."""
+    page.mouse.move(*page.evaluate(POINT_POSITION, [panel, index]))
+    tooltip = page.locator(".hoverlayer .hovertext").first
+    tooltip.wait_for()
+    return tooltip
+
+
 def screenshot(html_file: Path, out: Path) -> Path:
-    """A PNG of an explorer's curves as first shown (for the README)."""
+    """A PNG of an explorer's curves as first shown, one point's tooltip open (README)."""
     with offline_page(html_file, width=1500, height=950) as opened:
+        first = opened.page.evaluate(
+            "() => document.getElementById('panel-0').data.findIndex(t => t.hovertext)"
+        )
+        hover_point(opened.page, 0, first)
         out.parent.mkdir(parents=True, exist_ok=True)
         opened.page.screenshot(path=str(out))
         if opened.errors:

@@ -173,7 +173,7 @@ function withInterval(trace, points) {
     y: [...high, ...[...low].reverse()],
     fill: "toself",
     fillcolor: color,
-    opacity: 0.12,
+    opacity: 0.07,
     line: { width: 0, color },
     hoverinfo: "skip",
     showlegend: false,
@@ -226,6 +226,7 @@ function drawCurves() {
       },
       yaxis: { title: { text: "top-1 accuracy (%)" } },
       hovermode: "closest",
+      hoverlabel: { align: "left" },
       showlegend: false,
       margin: { l: 60, r: 20, t: 50, b: 50 },
     };

@@ -22,6 +22,7 @@ from eebench.pipelines.explorer import (
     build_explorer,
     explorer_data,
     find_chromium,
+    hover_point,
     offline_page,
 )
 from eebench.pipelines.tables import build_tables, paper_reported
@@ -199,25 +200,11 @@ TOOLTIP = {
 }
 
 
-def hover(opened: OfflinePage, target: dict[str, Any]) -> dict[str, str]:
+def hover(opened: OfflinePage, target: dict[str, Any]) -> dict[str, Any]:
     """Move the mouse onto the middle point of a trace; the tooltip's lines, by field."""
-    position = opened.page.evaluate(
-        """([panel, index]) => {
-             const gd = document.querySelectorAll('#panels .js-plotly-plot')[panel];
-             gd.scrollIntoView();
-             const t = gd.data[index], j = Math.floor(t.x.length / 2);
-             const box = gd.getBoundingClientRect();
-             const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-             return [box.left + xa._offset + xa.c2p(t.x[j]), box.top + ya._offset + ya.c2p(t.y[j])];
-           }""",
-        [target["panel"], target["index"]],
-    )
-    opened.page.mouse.move(*position)
-    label = opened.page.locator(".hoverlayer .hovertext").first
-    label.wait_for()
-    lines = label.locator("tspan.line").all_text_contents()
+    lines = hover_point(opened.page, target["panel"], target["index"])
     fields = {}
-    for line in lines:
+    for line in lines.locator("tspan.line").all_text_contents():
         for name, pattern in TOOLTIP.items():
             match = pattern.search(line)
             if match and name not in fields:
