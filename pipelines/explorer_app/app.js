@@ -241,6 +241,15 @@ function drawLegend() {
   const legend = document.getElementById("legend");
   legend.replaceChildren();
   const entries = groupBy(curveRows(), entryOf);
+  const every = (hide) => {
+    for (const key of entries.keys()) (hide ? state.hidden.add(key) : state.hidden.delete(key));
+    redrawCurves();
+  };
+  const showAll = el("button", { id: "show-all", text: "show all" });
+  const hideAll = el("button", { id: "hide-all", text: "hide all" });
+  showAll.addEventListener("click", () => every(false));
+  hideAll.addEventListener("click", () => every(true));
+  legend.append(el("p", {}, [showAll, " ", hideAll]));
   const byMethod = groupBy([...entries.values()].map((group) => group[0]), (row) => row.method);
   for (const [method, firsts] of byMethod) {
     const keys = firsts.map(entryOf);

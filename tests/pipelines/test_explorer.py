@@ -25,6 +25,7 @@ from eebench.pipelines.explorer import (
     hover_point,
     offline_page,
 )
+from eebench.pipelines.io import write_yaml
 from eebench.pipelines.tables import build_tables, paper_reported
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +33,8 @@ KEYS = ["dataset", "backbone", "method", "variant"]
 #: Files a study does not commit (the explorer must not need them).
 UNCOMMITTED = ("*.npz", "*.pt", "*.pt.tmp", "checkpoints", "splits", "explorer")
 
+# one worker builds the tiny and default explorers once for every test here
+pytestmark = pytest.mark.xdist_group("explorer")
 browser = pytest.mark.skipif(
     find_chromium() is None, reason="no Chromium: apt-get install chromium (make test does)"
 )
@@ -187,6 +190,10 @@ def test_hiding_a_method_hides_its_traces(opened: OfflinePage, explorer: Built) 
     assert drawn(opened) == sum(t["visible"] for t in before) - len(mine)
     opened.page.check(f"input[data-method='{method}']")
     assert drawn(opened) == sum(t["visible"] for t in before)
+    opened.page.click("#hide-all")
+    assert drawn(opened) == 0  # the paper's points are off too, by default
+    opened.page.click("#show-all")
+    assert drawn(opened) == sum(t["visible"] for t in before)
 
 
 TOOLTIP = {
@@ -317,3 +324,13 @@ def test_paper_points_toggle_on_their_stand_in_panels(tiny: Built) -> None:
         opened.page.uncheck("#paper")
         assert shown() == 0
         assert opened.errors == [] and opened.blocked == []
+
+
+@browser
+def test_screenshot_command_writes_a_png_of_the_page(tiny: Built, tmp_path: Path) -> None:
+    study_file = tmp_path / "tiny.yaml"
+    write_yaml(study_file, tiny.study)
+    png = tmp_path / "shot" / "explorer.png"
+    args = ["explorer", "--study", str(study_file), "--results", str(tiny.root)]
+    assert main([*args, "--screenshot", str(png)]) == 0
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 10_000
