@@ -4,14 +4,15 @@
 #   make verify       – regenerate the study from scratch in a temporary folder and compare
 #                       every committed table with the new one (exit 1 if one disagrees)
 #   make clean-study  – delete the study's results, so that `make run` regenerates them all
-#   make test         – lint (ruff) and the whole test suite
+#   make test         – lint (ruff) and the whole test suite (the explorer's in headless Chromium)
+#   make explore      – open the study's explorer (results/$(STUDY)/explorer/index.html)
 PYTHON ?= python3
 VENV ?= .venv
 STUDY ?= default
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run verify test setup data clean-study
+.PHONY: run verify test explore setup data browser clean-study
 
 run: setup data
 	$(BIN)/eebench check --study config/$(STUDY).yaml >/dev/null
@@ -22,7 +23,7 @@ run: setup data
 verify: setup data
 	$(BIN)/eebench verify --study config/$(STUDY).yaml
 
-test: setup data
+test: setup data browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
@@ -43,6 +44,18 @@ data: setup
 	    && (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))) \
 	|| $(BIN)/eebench data fashion_mnist --root data --download
 	@$(BIN)/eebench data fashion_mnist --root data
+
+explore: setup
+	$(BIN)/eebench explorer --study config/$(STUDY).yaml --open
+
+# Chromium for the explorer's browser tests: Debian's chromium package when apt-get is
+# usable (as root); without one those tests are skipped, saying so.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	|| [ -n "$$EEBENCH_CHROMIUM" ] \
+	|| (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	    && (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))) \
+	|| echo "no Chromium (apt-get install chromium): the explorer's browser tests are skipped"
 
 clean-study:
 	rm -rf results/$(STUDY) .snakemake

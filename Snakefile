@@ -81,6 +81,7 @@ localrules:
     split,
     tables,
     figures,
+    explorer,
 
 
 rule all:
@@ -90,6 +91,7 @@ rule all:
         [path for spec in RUNS for path in run_files(spec)],
         expand(f"{ROOT}/tables/{{name}}", name=TABLE_FILES),
         expand(f"{ROOT}/figures/{{name}}", name=FIGURE_FILES),
+        f"{ROOT}/explorer/index.html",
 
 
 rule split:
@@ -243,3 +245,19 @@ rule figures:
         **resources(mem_mb=4000, runtime=15),
     shell:
         "{EEBENCH} figures {COMMON} > {log:q} 2>&1"
+
+
+# One offline HTML page to browse the study (curves, claims, runs); it reads only the
+# tables and the runs' committed text files, which exist once the tables do.
+rule explorer:
+    input:
+        rules.tables.output,
+    output:
+        f"{ROOT}/explorer/index.html",
+    log:
+        f"{ROOT}/logs/explorer.log",
+    threads: 1
+    resources:
+        **resources(mem_mb=2000, runtime=10),
+    shell:
+        "{EEBENCH} explorer {COMMON} > {log:q} 2>&1"

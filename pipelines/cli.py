@@ -159,6 +159,20 @@ def cmd_figures(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_explorer(args: argparse.Namespace) -> None:
+    from eebench.pipelines.explorer import build_explorer, screenshot
+
+    study, root = _study_paths(args)
+    path = build_explorer(study, root)
+    print(f"wrote {path}")
+    if args.screenshot:
+        print(f"wrote {screenshot(path, Path(args.screenshot))}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Exit status 0 when every committed table agrees, 1 when one does not, 2 when there is
     nothing to compare or the regeneration failed."""
@@ -284,6 +298,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "latency": (cmd_latency, "time a run's real early exit at the study's budgets (latency.csv)"),
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
+    "explorer": (cmd_explorer, "write the study's explorer: one offline HTML page to browse it"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
     "verify": (cmd_verify, "regenerate a study and compare its committed tables with new ones"),
     "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
@@ -329,8 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-features", action="store_true", help="skip the per-exit features (post-hoc inputs)"
     )
     _add_infer_options(parsers["infer"], parsers["latency"])
-    for name in ("tables", "figures", "check", "verify"):
+    for name in ("tables", "figures", "explorer", "check", "verify"):
         _add_study(parsers[name])
+    explorer = parsers["explorer"]
+    explorer.add_argument("--open", action="store_true", help="then open it in the web browser")
+    explorer.add_argument(
+        "--screenshot", metavar="PNG", help="then save a screenshot of it here (headless Chromium)"
+    )
     verify = parsers["verify"]
     verify.add_argument(
         "--tables-from",

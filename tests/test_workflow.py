@@ -52,7 +52,7 @@ def test_paper_dry_run_lists_the_whole_job_graph_without_data(tmp_path: Path) ->
     assert counts["train"] == counts["evaluate"] == len(trained)
     assert counts["calibrate"] == len(runs) - len(trained) > 0  # the post-hoc baselines
     assert counts["split"] == 3  # cifar10, cifar100, imagenet
-    assert counts["tables"] == counts["figures"] == counts["all"] == 1
+    assert counts["tables"] == counts["figures"] == counts["explorer"] == counts["all"] == 1
     assert not (tmp_path / "results").exists()  # a dry run writes no result
     assert repo_results == (
         sorted((REPO / "results").rglob("*")) if (REPO / "results").exists() else []
