@@ -49,7 +49,7 @@ explore: setup
 	$(BIN)/eebench explorer --study config/$(STUDY).yaml --open
 
 # Chromium for the explorer's browser tests: Debian's chromium package when apt-get is
-# usable (as root); without one those tests are skipped, saying so.
+# usable (as root); without one those tests are skipped, saying so (they fail under CI=true).
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
 	|| [ -n "$$EEBENCH_CHROMIUM" ] \
