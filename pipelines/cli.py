@@ -76,20 +76,27 @@ def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
     """(resolved run config, run directory, split directory) from --study/--run or --config."""
     from eebench.pipelines.config import RunSpec, load_run_config, resolve_run
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.config:
         run = load_run_config(args.config)
         run_dir = Path(args.run_dir or Path(args.config).parent)
-        return run, run_dir, Path(args.split_dir or run_dir / "splits")
-    if not (args.study and args.run):
+        split_dir = Path(args.split_dir or run_dir / "splits")
+    elif not (args.study and args.run):
         raise SystemExit("give --study CONFIG --run RUNPATH, or --config RUN.yaml")
-    study, root = _study_paths(args)
-    spec = RunSpec.from_path(args.run)
-    run = resolve_run(study, spec, results_root=root)
-    return run, root / spec.path, _split_dir(root)
+    else:
+        study, root = _study_paths(args)
+        spec = RunSpec.from_path(args.run)
+        run = resolve_run(study, spec, results_root=root)
+        run_dir, split_dir = root / spec.path, _split_dir(root)
+    _configure_threads(run, args.threads)
+    return run, run_dir, split_dir
+
+
+def _configure_threads(run: dict[str, Any], threads: int | None) -> None:
+    """The reproducible mode's threads on a CPU (pipelines/repro.py), else the job's."""
+    from eebench.pipelines.repro import configure_torch
+    from eebench.pipelines.runs import resolve_device
+
+    configure_torch(resolve_device(run["device"]).type, threads)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -183,6 +190,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_repro_check(args: argparse.Namespace) -> int:
+    """Exit status 0 when this machine reproduces the committed hashes, 1 otherwise."""
+    from eebench.pipelines.repro import configure_torch
+    from eebench.pipelines.repro_check import run_check, write_expected
+
+    logging.getLogger().setLevel(logging.WARNING)  # one line, not the stages' logs
+    configure_torch("cpu")
+    result = run_check()
+    if args.write:
+        print(f"wrote {write_expected(result)}")
+        return 0
+    print(result.line())
+    return 0 if result.identical else 1
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     from eebench.methods import method_kind
     from eebench.pipelines.config import expand_runs, resolve_run
@@ -194,6 +216,22 @@ def cmd_check(args: argparse.Namespace) -> None:
         run = resolve_run(study, spec, results_root=root)
         print(f"{spec.path}  {method_kind(spec.method)}  config {fingerprint(run)}")
     print(f"{args.study}: valid; {len(runs)} runs, results in {root}")
+    print(reproducible_mode_line(study["device"]))
+
+
+def reproducible_mode_line(device: str) -> str:
+    """Whether the reproducible CPU mode applies to a study on `device`, and how to turn it
+    off."""
+    from eebench.pipelines.repro import MODE, SWITCH, enabled
+
+    if not enabled():
+        return f"reproducible CPU mode: off ({SWITCH}=0): numbers depend on this machine's CPU"
+    if device == "cuda":
+        return "reproducible CPU mode: not on a GPU (device cuda: numbers are not bit-identical)"
+    return (
+        f"reproducible CPU mode: on ({MODE}); turn it off for speed with "
+        f"{SWITCH}=0 (then numbers depend on the CPU; `verify` compares them statistically)"
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -277,6 +315,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
+    "repro-check": (
+        cmd_repro_check,
+        "whether this machine reproduces the suite bit for bit (a fixed tiny study, ~30 s)",
+    ),
     "verify": (cmd_verify, "regenerate a study and compare its committed tables with new ones"),
     "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
 }
@@ -336,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="regenerate here and keep it (default: a temporary folder, removed afterwards)",
     )
     verify.add_argument("--cores", type=int, default=2, help="cores for Snakemake (default: 2)")
+    parsers["repro-check"].add_argument(
+        "--write",
+        action="store_true",
+        help="commit this machine's hashes as the expected ones (reference/repro_check.yaml)",
+    )
     for command in parsers.values():
         command.add_argument(
             "--debug", action="store_true", help="show the traceback of user errors too"
@@ -344,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from eebench.pipelines.repro import apply_env
+
+    apply_env()  # before torch or NumPy loads (pipelines/repro.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command not in {"train", "evaluate", "calibrate", "latency"}:
