@@ -72,8 +72,10 @@ def cmd_split(args: argparse.Namespace) -> None:
     print(f"{info.name}: {len(split.train_idx)} train / {len(split.val_idx)} val indices")
 
 
-def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
-    """(resolved run config, run directory, split directory) from --study/--run or --config."""
+def _run_config(args: argparse.Namespace, timed: bool = False) -> tuple[dict[str, Any], Path, Path]:
+    """(resolved run config, run directory, split directory) from --study/--run or --config;
+    the threads of the reproducible mode, or the job's (--threads) for `timed` commands,
+    whose timings are not its numbers."""
     from eebench.pipelines.config import RunSpec, load_run_config, resolve_run
 
     if args.config:
@@ -87,15 +89,21 @@ def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
         spec = RunSpec.from_path(args.run)
         run = resolve_run(study, spec, results_root=root)
         run_dir, split_dir = root / spec.path, _split_dir(root)
-    _configure_threads(run, args.threads)
+    _configure_threads(run, args.threads, timed)
     return run, run_dir, split_dir
 
 
-def _configure_threads(run: dict[str, Any], threads: int | None) -> None:
+def _configure_threads(run: dict[str, Any], threads: int | None, timed: bool) -> None:
     """The reproducible mode's threads on a CPU (pipelines/repro.py), else the job's."""
+    import torch
+
     from eebench.pipelines.repro import configure_torch
     from eebench.pipelines.runs import resolve_device
 
+    if timed:
+        if threads:
+            torch.set_num_threads(threads)
+        return
     configure_torch(resolve_device(run["device"]).type, threads)
 
 
@@ -129,7 +137,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_infer(args: argparse.Namespace) -> None:
     from eebench.pipelines.infer import choose_decision, deploy, infer_summary, split_batches
 
-    _, run_dir, split_dir = _run_config(args)
+    _, run_dir, split_dir = _run_config(args, timed=True)
     deployed = deploy(run_dir, args.device)
     decision = choose_decision(deployed, args.rule, point=args.p, budget=args.budget)
     batches = split_batches(deployed.run, split_dir, args.split)
@@ -139,7 +147,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
 def cmd_latency(args: argparse.Namespace) -> None:
     from eebench.pipelines.infer import LATENCY_FILE, measure_run_latency
 
-    _, run_dir, split_dir = _run_config(args)
+    _, run_dir, split_dir = _run_config(args, timed=True)
     if not args.study:
         raise SystemExit("give --study: the study's `latency` section says what to time")
     study, _ = _study_paths(args)
@@ -315,10 +323,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "tables": (cmd_tables, "collect every run of a study into tidy CSV tables"),
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
-    "repro-check": (
-        cmd_repro_check,
-        "whether this machine reproduces the suite bit for bit (a fixed tiny study, ~30 s)",
-    ),
+    "repro-check": (cmd_repro_check, "whether this machine reproduces the suite bit for bit"),
     "verify": (cmd_verify, "regenerate a study and compare its committed tables with new ones"),
     "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
 }

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from eebench.pipelines import repro
+from eebench.pipelines.cli import main
 from eebench.pipelines.evaluate import evaluate_run
 from eebench.pipelines.train import train_run
 from tests.tiny_runs import tiny_run
@@ -108,3 +109,24 @@ def test_repro_check_sees_other_kernels_without_the_mode() -> None:
     result = repro_check(**LOWER_CAPS, **{repro.SWITCH: "0"})
     assert result.returncode == 1
     assert "not comparable" in result.stdout and " 0 of " not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("switch", "says"),
+    [("1", f"on ({repro.MODE}); turn it off for speed with EEBENCH_REPRODUCIBLE=0"), ("0", "off")],
+)
+def test_check_says_whether_the_mode_is_on_and_how_to_turn_it_off(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    switch: str,
+    says: str,
+) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "study: s\ndevice: cpu\ndatasets:\n  fashion_mnist: {backbones: [msdnet_fmnist], "
+        "recipe: fmnist}\nruns: [{method: standard}]\n"
+    )
+    monkeypatch.setenv(repro.SWITCH, switch)
+    assert main(["check", "--study", str(study)]) == 0
+    assert f"reproducible CPU mode: {says}" in capsys.readouterr().out
