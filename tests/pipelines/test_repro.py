@@ -131,3 +131,8 @@ def test_check_says_whether_the_mode_is_on_and_how_to_turn_it_off(
     monkeypatch.setenv(repro.SWITCH, switch)
     assert main(["check", "--study", str(study)]) == 0
     assert f"reproducible CPU mode: {says}" in capsys.readouterr().out
+
+
+def test_hashes_are_not_written_outside_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(repro.SWITCH, "0")
+    assert main(["repro-check", "--write"]) == 2
