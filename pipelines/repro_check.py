@@ -50,8 +50,7 @@ class CheckResult:
         where = f"{self.env['cpu_model']}, torch {self.env['torch']}, mode {self.env['mode']}"
         if self.identical:
             return (
-                f"repro-check: identical: this machine reproduces the suite bit for bit "
-                f"({where})"
+                f"repro-check: identical: this machine reproduces the suite bit for bit ({where})"
             )
         runs = self.expected["runs"]
         differ = sorted(run for run, value in self.hashes.items() if runs.get(run) != value)
