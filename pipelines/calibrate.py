@@ -26,6 +26,7 @@ from eebench.pipelines.fingerprint import recorded
 from eebench.pipelines.io import write_text, write_yaml
 from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_outputs
+from eebench.pipelines.repro import record_environment
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +76,4 @@ def _calibrate(run: dict[str, Any], run_dir: Path) -> None:
     ckpt.save_torch(run_dir / "model.pt", {"method": method.state_dict(), **recorded(run)})
     write_text(run_dir / FIT_FILE, json.dumps(method.fit_report(), indent=1) + "\n")
     write_run_results(run_dir, calibrated, method_cls, run)
+    record_environment(run_dir, "calibrate", "cpu")

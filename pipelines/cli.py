@@ -72,24 +72,39 @@ def cmd_split(args: argparse.Namespace) -> None:
     print(f"{info.name}: {len(split.train_idx)} train / {len(split.val_idx)} val indices")
 
 
-def _run_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path, Path]:
-    """(resolved run config, run directory, split directory) from --study/--run or --config."""
+def _run_config(args: argparse.Namespace, timed: bool = False) -> tuple[dict[str, Any], Path, Path]:
+    """(resolved run config, run directory, split directory) from --study/--run or --config;
+    the threads of the reproducible mode, or the job's (--threads) for `timed` commands,
+    whose timings are not its numbers."""
     from eebench.pipelines.config import RunSpec, load_run_config, resolve_run
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.config:
         run = load_run_config(args.config)
         run_dir = Path(args.run_dir or Path(args.config).parent)
-        return run, run_dir, Path(args.split_dir or run_dir / "splits")
-    if not (args.study and args.run):
+        split_dir = Path(args.split_dir or run_dir / "splits")
+    elif not (args.study and args.run):
         raise SystemExit("give --study CONFIG --run RUNPATH, or --config RUN.yaml")
-    study, root = _study_paths(args)
-    spec = RunSpec.from_path(args.run)
-    run = resolve_run(study, spec, results_root=root)
-    return run, root / spec.path, _split_dir(root)
+    else:
+        study, root = _study_paths(args)
+        spec = RunSpec.from_path(args.run)
+        run = resolve_run(study, spec, results_root=root)
+        run_dir, split_dir = root / spec.path, _split_dir(root)
+    _configure_threads(run, args.threads, timed)
+    return run, run_dir, split_dir
+
+
+def _configure_threads(run: dict[str, Any], threads: int | None, timed: bool) -> None:
+    """The reproducible mode's threads on a CPU (pipelines/repro.py), else the job's."""
+    import torch
+
+    from eebench.pipelines.repro import configure_torch
+    from eebench.pipelines.runs import resolve_device
+
+    if timed:
+        if threads:
+            torch.set_num_threads(threads)
+        return
+    configure_torch(resolve_device(run["device"]).type, threads)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -122,7 +137,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_infer(args: argparse.Namespace) -> None:
     from eebench.pipelines.infer import choose_decision, deploy, infer_summary, split_batches
 
-    _, run_dir, split_dir = _run_config(args)
+    _, run_dir, split_dir = _run_config(args, timed=True)
     deployed = deploy(run_dir, args.device)
     decision = choose_decision(deployed, args.rule, point=args.p, budget=args.budget)
     batches = split_batches(deployed.run, split_dir, args.split)
@@ -132,7 +147,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
 def cmd_latency(args: argparse.Namespace) -> None:
     from eebench.pipelines.infer import LATENCY_FILE, measure_run_latency
 
-    _, run_dir, split_dir = _run_config(args)
+    _, run_dir, split_dir = _run_config(args, timed=True)
     if not args.study:
         raise SystemExit("give --study: the study's `latency` section says what to time")
     study, _ = _study_paths(args)
@@ -205,6 +220,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_repro_check(args: argparse.Namespace) -> int:
+    """Exit status 0 when this machine reproduces the committed hashes, 1 otherwise."""
+    from eebench.pipelines.repro import SWITCH, configure_torch, enabled
+    from eebench.pipelines.repro_check import run_check, write_expected
+
+    if args.write and not enabled():
+        print(
+            f"eebench repro-check: error: --write needs the mode on: unset {SWITCH}",
+            file=sys.stderr,
+        )
+        return 2
+    logging.getLogger().setLevel(logging.WARNING)  # one line, not the stages' logs
+    configure_torch("cpu")
+    result = run_check()
+    if args.write:
+        print(f"wrote {write_expected(result)}")
+        return 0
+    print(result.line())
+    return 0 if result.identical else 1
+
+
 def cmd_check(args: argparse.Namespace) -> None:
     from eebench.methods import method_kind
     from eebench.pipelines.config import expand_runs, resolve_run
@@ -216,6 +252,22 @@ def cmd_check(args: argparse.Namespace) -> None:
         run = resolve_run(study, spec, results_root=root)
         print(f"{spec.path}  {method_kind(spec.method)}  config {fingerprint(run)}")
     print(f"{args.study}: valid; {len(runs)} runs, results in {root}")
+    print(reproducible_mode_line(study["device"]))
+
+
+def reproducible_mode_line(device: str) -> str:
+    """Whether the reproducible CPU mode applies to a study on `device`, and how to turn it
+    off."""
+    from eebench.pipelines.repro import MODE, SWITCH, enabled
+
+    if not enabled():
+        return f"reproducible CPU mode: off ({SWITCH}=0): numbers depend on this machine's CPU"
+    if device == "cuda":
+        return "reproducible CPU mode: not on a GPU (device cuda: numbers are not bit-identical)"
+    return (
+        f"reproducible CPU mode: on ({MODE}); turn it off for speed with "
+        f"{SWITCH}=0 (then numbers depend on the CPU; `verify` compares them statistically)"
+    )
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -258,7 +310,8 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for torch (default: torch's choice); Snakemake passes its job's threads",
+        help="CPU threads for torch (default: torch's choice); Snakemake passes its job's "
+        "threads; train, evaluate and calibrate on a CPU take 1 under the reproducible mode",
     )
 
 
@@ -300,6 +353,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int | None], str]] = {
     "figures": (cmd_figures, "draw the paper's figures and Table 1 from a study's tables"),
     "explorer": (cmd_explorer, "write the study's explorer: one offline HTML page to browse it"),
     "check": (cmd_check, "validate a study config and list its runs, each with its config hash"),
+    "repro-check": (cmd_repro_check, "whether this machine reproduces the suite bit for bit"),
     "verify": (cmd_verify, "regenerate a study and compare its committed tables with new ones"),
     "list": (cmd_list, "list registered datasets, backbones, methods, exit rules and recipes"),
 }
@@ -364,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="regenerate here and keep it (default: a temporary folder, removed afterwards)",
     )
     verify.add_argument("--cores", type=int, default=2, help="cores for Snakemake (default: 2)")
+    parsers["repro-check"].add_argument(
+        "--write",
+        action="store_true",
+        help="commit this machine's hashes as the expected ones (reference/repro_check.yaml)",
+    )
     for command in parsers.values():
         command.add_argument(
             "--debug", action="store_true", help="show the traceback of user errors too"
@@ -372,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from eebench.pipelines.repro import apply_env
+
+    apply_env()  # before torch or NumPy loads (pipelines/repro.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command not in {"train", "evaluate", "calibrate", "latency"}:

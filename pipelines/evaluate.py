@@ -31,6 +31,7 @@ from eebench.pipelines.outputs import (
     write_decisions,
     write_outputs,
 )
+from eebench.pipelines.repro import record_environment
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +185,13 @@ def evaluate_run(
 ) -> None:
     """Write a finished run's outputs, fitted exit rules and curves; its model.pt must have
     been trained under `run` (the run's current config)."""
-    from eebench.pipelines.runs import trained_state
+    from eebench.pipelines.runs import resolve_device, trained_state
 
     with run_lock(run_dir, "evaluate"):
         outputs = _evaluated_outputs(run, trained_state(run_dir, run), split_dir, with_features)
         method_cls = method_class(run["method"])
         write_run_results(run_dir, outputs, method_cls, run, with_features)
+        record_environment(run_dir, "evaluate", resolve_device(run["device"]).type)
 
 
 def _evaluated_outputs(

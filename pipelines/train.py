@@ -39,6 +39,7 @@ from eebench.pipelines.fingerprint import RunConfigChangedError, check_recorded,
 from eebench.pipelines.io import write_csv, write_yaml
 from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import SplitOutputs
+from eebench.pipelines.repro import record_environment
 from eebench.pipelines.runs import build_method, make_loaders, resolve_device, run_recipe
 
 log = logging.getLogger(__name__)
@@ -408,6 +409,7 @@ def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool
             _check_world_size(found[0], found[1], world, run_dir)
         if world.is_main:
             write_yaml(run_dir / "config.yaml", run)
+            record_environment(run_dir, "train", world.device.type)
         return Trainer(run, run_dir, split_dir, world).fit(resume=found)
 
 

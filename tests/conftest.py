@@ -1,8 +1,14 @@
-"""Shared test settings (small thread counts so that two pytest workers share 2 cores) and
-the extension kit: a tiny study run through the real stages (train, evaluate, calibrate,
+"""Shared test settings (the reproducible CPU mode, set before torch loads: one thread, so
+that two pytest workers share 2 cores, and the same numbers on any x86-64) and the
+extension kit: a tiny study run through the real stages (train, evaluate, calibrate,
 tables, figures), with which the extension tests check a throw-away method end to end."""
 
+# ruff: noqa: E402  (the mode's environment must be set before torch is imported)
 from __future__ import annotations
+
+from eebench.pipelines.repro import apply_env, configure_torch
+
+apply_env()
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +27,7 @@ from eebench.pipelines.tables import build_tables, read_table
 from eebench.pipelines.train import train_run
 
 torch.set_num_threads(1)
+configure_torch("cpu", threads=1)
 
 #: A 4-class synthetic dataset small enough to train msdnet_fmnist for one epoch in seconds.
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 96, "n_test": 128}
