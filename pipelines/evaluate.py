@@ -19,7 +19,16 @@ import torch
 
 from eebench.backbones import MultiExitNet, fold_batchnorm
 from eebench.methods import EXIT_RULES, method_class
-from eebench.methods.base import MAX_SOFTMAX, InferenceCosts, TrainMethod, rules_for
+from eebench.methods.base import (
+    MAX_SOFTMAX,
+    ExitRule,
+    InferenceCosts,
+    MethodContractError,
+    TrainMethod,
+    check_returned,
+    rules_for,
+    source_file,
+)
 from eebench.methods.inference import ExitByExit
 from eebench.pipelines import protocol
 from eebench.pipelines.io import write_csv
@@ -120,8 +129,24 @@ def fit_decisions(
     return [
         decision
         for name in rules_for(method, outputs)
-        for decision in EXIT_RULES.get(name)(hparams).fit(outputs)
+        for decision in fit_rule(EXIT_RULES.get(name)(hparams), method, outputs)
     ]
+
+
+def fit_rule(
+    rule: ExitRule, method: type[InferenceCosts], outputs: RunOutputs
+) -> list[ExitDecision]:
+    """The rule's decisions, once its score is there and its `fit` kept its contract."""
+    if not rule.applies_to(outputs):
+        raise MethodContractError(
+            f"{source_file(method)}: {method.__name__}.exit_rules lists {rule.name!r}, whose "
+            f"score {rule.score!r} its runs do not provide (they have: "
+            f"{', '.join([MAX_SOFTMAX, *outputs.score_names()])})"
+        )
+    decisions = check_returned(rule.fit(outputs), list, rule, "fit")
+    for decision in decisions:
+        check_returned(decision, ExitDecision, rule, "fit (a list of ExitDecision)")
+    return decisions
 
 
 def budgeted_rows(outputs: RunOutputs, decisions: list[ExitDecision]) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from eebench.pipelines.config import (
     resolve_run,
     upstream_runs,
 )
-from eebench.pipelines.fingerprint import fingerprint
+from eebench.pipelines.fingerprint import exit_rules_code, fingerprint
 from eebench.pipelines.splits import split_path
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import read_yaml
