@@ -69,7 +69,7 @@ def check_returned(value: Any, expected: type, owner: Any, contract: str) -> Any
     if not isinstance(value, expected):
         cls = owner if isinstance(owner, type) else type(owner)
         raise MethodContractError(
-            f"{source_file(owner)}: {cls.__name__}.{contract} must return a "
+            f"{source_file(owner)}: {cls.__name__}.{contract} must return "
             f"{expected.__name__}, got {type(value).__name__}"
         )
     return value

@@ -25,7 +25,6 @@ from eebench.methods.base import (
     InferenceCosts,
     MethodContractError,
     TrainMethod,
-    check_returned,
     rules_for,
     source_file,
 )
@@ -143,9 +142,15 @@ def fit_rule(
             f"score {rule.score!r} its runs do not provide (they have: "
             f"{', '.join([MAX_SOFTMAX, *outputs.score_names()])})"
         )
-    decisions = check_returned(rule.fit(outputs), list, rule, "fit")
-    for decision in decisions:
-        check_returned(decision, ExitDecision, rule, "fit (a list of ExitDecision)")
+    decisions = rule.fit(outputs)
+    if not isinstance(decisions, list) or not all(isinstance(d, ExitDecision) for d in decisions):
+        got = type(decisions).__name__
+        if isinstance(decisions, list):
+            got += f" of {', '.join(sorted({type(d).__name__ for d in decisions}))}"
+        raise MethodContractError(
+            f"{source_file(rule)}: {type(rule).__name__}.fit must return list[ExitDecision], "
+            f"got {got}"
+        )
     return decisions
 
 
