@@ -237,18 +237,22 @@ class HasHparams:
         base = cls.display or fallback
         if not variant:
             return base
-        # A variant is shown where its method is (but a row of a table or a point of a
-        # sweep: in that table's or sweep's figure), under a label that names it and in a
-        # colour and marker of its own, unless it declares them.
+        # A variant is shown where its method is (but a recipe control, a row of a table or
+        # a point of a sweep: only in the tables or that table's or sweep's figure), under a
+        # label that names it and in a colour and marker of its own, unless it declares them.
         own = fallback_display(f"{cls.name}-{variant}")
-        figures = () if cls.swept_hparam(variant) in cls.own_figure_hparams() else base.figures
+        figures = base.figures if cls.shown_with_method(variant) else ()
         named = replace(base, label=f"{base.label} [{variant}]", color=own.color, marker=own.marker)
         return replace(named, **{"figures": figures, **cls.variant(variant).get("display", {})})
 
     @classmethod
-    def own_figure_hparams(cls) -> set[str]:
-        """Hyperparameters whose variants have a figure of their own (table rows, sweeps)."""
-        return {rows.hparam for rows in cls.table_rows} | {sweep.hparam for sweep in cls.sweeps}
+    def shown_with_method(cls, variant: str) -> bool:
+        """Whether a variant is drawn in its method's figures by default: not a recipe control
+        (figures compare methods under one recipe), nor a variant of a table row or sweep."""
+        if variant.startswith(RECIPE_VARIANT) and variant not in cls.variants:
+            return False
+        own_figures = {rows.hparam for rows in cls.table_rows} | {s.hparam for s in cls.sweeps}
+        return cls.swept_hparam(variant) not in own_figures
 
     @classmethod
     def swept_hparam(cls, variant: str) -> str | None:

@@ -329,7 +329,7 @@ def left_out_note(
     missing = [display_of(*pair).label for pair in of_kind if pair not in shown]
     if not missing:
         return ""
-    return f"not drawn here (shown in other figures): {', '.join(missing)}"
+    return f"not drawn here (their display leaves this figure out): {', '.join(missing)}"
 
 
 def paper_points(tables: StudyTables, paper_figure: str, dataset: str | None) -> pd.DataFrame:

@@ -8,10 +8,11 @@ import importlib.util
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ from eebench.methods.inference import replay
 from eebench.methods.standard import Standard
 from eebench.pipelines.config import RunSpec, check_study, resolve_run
 from eebench.pipelines.evaluate import fit_decisions
-from eebench.pipelines.figures.common import distinct_styles
+from eebench.pipelines.figures.common import distinct_styles, left_out_note
 from eebench.pipelines.fingerprint import differences, exit_rules_code, fingerprint, hashed_config
 from eebench.pipelines.outputs import ExitDecision, RunOutputs, SplitOutputs
 
@@ -137,6 +138,14 @@ def test_study_styles_give_every_curve_its_own_colour_and_label(
     assert styles["standard", ""] == Standard.display  # a declared display is kept
     assert styles["standard", "copy"].color != Standard.display.color
     assert styles["standard", "copy"].label != "standard"
+
+
+def test_a_figure_that_leaves_a_run_of_its_kind_out_says_so() -> None:
+    runs = pd.DataFrame({"dataset": "d", "method": "standard", "variant": ["", "recipe=plain"]})
+    drawn = runs.iloc[:1]
+    note = left_out_note(SimpleNamespace(runs=runs), "fig2_anytime", ["d"], drawn)  # type: ignore[arg-type]
+    assert note.endswith(": standard [recipe=plain]")
+    assert left_out_note(SimpleNamespace(runs=runs), "fig4_posthoc", ["d"], drawn) == ""  # type: ignore[arg-type]
 
 
 def test_a_figure_name_typo_in_a_display_stops_the_study(monkeypatch: pytest.MonkeyPatch) -> None:
