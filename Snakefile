@@ -38,7 +38,8 @@ SPLIT_FILES = {dataset: split_file(ROOT, dataset, STUDY["split_seed"]) for datas
 DATASET_OF_SPLIT = {Path(path).name: dataset for dataset, path in SPLIT_FILES.items()}
 # Shell commands use these globals rather than `params:` on purpose: a params change
 # reruns a job, and the absolute paths below change with the checkout, not the results.
-# The one parameter of the run rules is the run's config hash (what its numbers depend on).
+# The one parameter of the run rules is the run's config hash (what its numbers depend on),
+# with the exit rules' code for the rules that fit them (evaluate, calibrate).
 EEBENCH = eebench_command()
 COMMON = f"--study {shlex.quote(str(STUDY_FILE))} --results {shlex.quote(ROOT)}"
 RUN_COMMAND = "{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {threads} > {log:q} 2>&1"
@@ -49,6 +50,7 @@ TRAIN_COMMAND = "{LAUNCH}" + RUN_COMMAND
 TRAIN_MINUTES = STUDY.get("slurm", {}).get("time_minutes", 24 * 60)
 # Runs whose real early exit is timed (the study's `latency` section), and their pattern.
 LATENCY_RUNS = latency_runs(STUDY)
+EXIT_RULES_CODE = exit_rules_code()
 
 
 def spec_of(wildcards):
@@ -147,6 +149,7 @@ rule evaluate:
         run=TRAIN_RUNS,
     params:
         config=run_config_hash,
+        exit_rules=EXIT_RULES_CODE,
         features_subset=STUDY["features_subset"],
     log:
         f"{ROOT}/logs/evaluate/{{run}}.log",
@@ -173,6 +176,7 @@ rule calibrate:
         run=POSTHOC_RUNS,
     params:
         config=run_config_hash,
+        exit_rules=EXIT_RULES_CODE,
     log:
         f"{ROOT}/logs/calibrate/{{run}}.log",
     threads: 4

@@ -19,6 +19,8 @@ these and registers itself; `methods/__init__.py` imports every module of the fo
 from __future__ import annotations
 
 import copy
+import inspect
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -43,6 +45,34 @@ from eebench.pipelines.registry import Registry
 
 class HyperparameterError(ValueError):
     """A hyperparameter that the method does not know, or of the wrong type."""
+
+
+class MethodContractError(TypeError):
+    """A method's code returned what its kind's interface does not allow: the message names
+    the method's file and the contract, so that the pipeline is not blamed."""
+
+
+#: Method files of `methods/` that could not be imported ('methods/x.py' -> the error), so
+#: that a broken file stops only the studies that use it, and its error is shown there.
+BROKEN_FILES: dict[str, str] = {}
+
+
+def source_file(owner: Any) -> str:
+    """'methods/<name>.py' of a method class or instance (the full path outside `methods/`)."""
+    cls = owner if isinstance(owner, type) else type(owner)
+    path = inspect.getsourcefile(sys.modules[cls.__module__]) or cls.__module__
+    return f"methods/{path.rsplit('/', 1)[-1]}" if cls.__module__.startswith(__package__) else path
+
+
+def check_returned(value: Any, expected: type, owner: Any, contract: str) -> Any:
+    """`value` when it is an `expected`, else a MethodContractError naming the file."""
+    if not isinstance(value, expected):
+        cls = owner if isinstance(owner, type) else type(owner)
+        raise MethodContractError(
+            f"{source_file(owner)}: {cls.__name__}.{contract} must return "
+            f"{expected.__name__}, got {type(value).__name__}"
+        )
+    return value
 
 
 def _type_name(value: Any) -> str:
@@ -214,11 +244,22 @@ class HasHparams:
         base = cls.display or fallback
         if not variant:
             return base
-        declared = cls.variant(variant).get("display")
-        if declared is not None:
-            return replace(base, **declared)
+        # A variant is shown where its method is (but a recipe control, a row of a table or
+        # a point of a sweep: only in the tables or that table's or sweep's figure), under a
+        # label that names it and in a colour and marker of its own, unless it declares them.
         own = fallback_display(f"{cls.name}-{variant}")
-        return replace(own, label=f"{base.label} [{variant}]", main_rule=base.main_rule)
+        figures = base.figures if cls.shown_with_method(variant) else ()
+        named = replace(base, label=f"{base.label} [{variant}]", color=own.color, marker=own.marker)
+        return replace(named, **{"figures": figures, **cls.variant(variant).get("display", {})})
+
+    @classmethod
+    def shown_with_method(cls, variant: str) -> bool:
+        """Whether a variant is drawn in its method's figures by default: not a recipe control
+        (figures compare methods under one recipe), nor a variant of a table row or sweep."""
+        if variant.startswith(RECIPE_VARIANT) and variant not in cls.variants:
+            return False
+        own_figures = {rows.hparam for rows in cls.table_rows} | {s.hparam for s in cls.sweeps}
+        return cls.swept_hparam(variant) not in own_figures
 
     @classmethod
     def swept_hparam(cls, variant: str) -> str | None:
@@ -484,6 +525,34 @@ class ExitRule(HasHparams):
         """Decisions fitted on `outputs.val` only (test is never read)."""
         raise NotImplementedError
 
+    def compute_score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The rule's own score of one exit's predictions (B×C logits -> B, larger = more
+        ready to exit), for a rule whose score no method stores (e.g. low entropy).
+        Every exit of every run then carries it: evaluation, calibration and real early
+        exit compute it beside the max softmax, and it is saved with the run's outputs."""
+        raise NotImplementedError
+
+    @classmethod
+    def computes_score(cls) -> bool:
+        return cls.compute_score is not ExitRule.compute_score
+
+
+def computed_scores(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The scores of one exit that registered rules compute themselves (B each)."""
+    scores = {}
+    for name in EXIT_RULES.names():
+        rule = EXIT_RULES.get(name)
+        if rule.computes_score():
+            score = rule().compute_score(logits)
+            check_returned(score, torch.Tensor, rule, "compute_score")
+            if score.shape != logits.shape[:1]:
+                raise MethodContractError(
+                    f"{source_file(rule)}: {rule.__name__}.compute_score must return one score "
+                    f"per sample (shape {tuple(logits.shape[:1])}), got {tuple(score.shape)}"
+                )
+            scores[rule.score] = score
+    return scores
+
 
 TRAIN_METHODS: Registry[type[TrainMethod]] = Registry("train method")
 POSTHOC_METHODS: Registry[type[PostHocMethod]] = Registry("post-hoc method")
@@ -509,7 +578,8 @@ def method_kind(name: str) -> str:
     if name in POSTHOC_METHODS:
         return "posthoc"
     known = ", ".join(TRAIN_METHODS.names() + POSTHOC_METHODS.names())
-    raise HyperparameterError(f"unknown method {name!r}; registered methods: {known}")
+    broken = "".join(f"; not loaded: {path} ({error})" for path, error in BROKEN_FILES.items())
+    raise HyperparameterError(f"unknown method {name!r}; registered methods: {known}{broken}")
 
 
 def method_class(name: str) -> type[TrainMethod] | type[PostHocMethod]:

@@ -18,7 +18,14 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from eebench.methods.base import MAX_SOFTMAX, ExitHook, ExitOutput, Memory
+from eebench.methods.base import (
+    MAX_SOFTMAX,
+    ExitHook,
+    ExitOutput,
+    Memory,
+    check_returned,
+    computed_scores,
+)
 
 State = list[Tensor]
 
@@ -82,8 +89,10 @@ class ExitByExit:
         backbone_state, features, logits = self.backbone.forward_stage(k, state.backbone)
         out = ExitOutput(logits, features)
         for hook, memory in zip(self.hooks, state.memories, strict=True):
-            out = hook.exit_output(k, out, memory)
+            out = check_returned(hook.exit_output(k, out, memory), ExitOutput, hook, "exit_output")
         out.scores.setdefault(MAX_SOFTMAX, max_softmax(out.logits))
+        for name, score in computed_scores(out.logits).items():
+            out.scores.setdefault(name, score)
         return InferenceState(k + 1, backbone_state, state.memories), out
 
     def select(self, state: InferenceState, index: Tensor) -> InferenceState:

@@ -67,10 +67,27 @@ def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
     study = _fill_defaults(data, schema)
     for spec in expand_runs(study):
         resolve_run(study, spec)  # raises ConfigError on any bad name or value
+        _check_display(spec)
     if "latency" in study:
         study["latency"] = _fill_defaults(study["latency"], schema["properties"]["latency"])
         _check_latency(study, origin)
     return study
+
+
+def _check_display(spec: RunSpec) -> None:
+    """The figures a run's display lists exist (a typo would drop the run from them)."""
+    from eebench.methods import method_class
+    from eebench.methods.base import MethodContractError, source_file
+    from eebench.pipelines.figures import FIGURE_NAMES
+
+    cls = method_class(spec.method)
+    unknown = set(cls.display_of(spec.variant).figures) - set(FIGURE_NAMES)
+    if unknown:
+        of = f" (variant {spec.variant!r})" if spec.variant else ""
+        raise MethodContractError(
+            f"{source_file(cls)}: the Display of {cls.__name__}{of} lists {sorted(unknown)}, "
+            f"which are not figures; figures: {', '.join(FIGURE_NAMES)}"
+        )
 
 
 def _check_latency(study: dict[str, Any], origin: str) -> None:

@@ -21,7 +21,7 @@ def number_hint(value: object) -> str:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    from eebench.methods.base import HyperparameterError
+    from eebench.methods.base import HyperparameterError, MethodContractError
     from eebench.pipelines.checkpoint import CorruptCheckpointError
     from eebench.pipelines.config import ConfigError
     from eebench.pipelines.datasets import DatasetFormatError, DatasetNotFoundError
@@ -36,6 +36,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         ConfigError,
         HyperparameterError,
+        MethodContractError,
         UnknownNameError,
         DatasetNotFoundError,
         DatasetFormatError,

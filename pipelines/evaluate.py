@@ -19,7 +19,15 @@ import torch
 
 from eebench.backbones import MultiExitNet, fold_batchnorm
 from eebench.methods import EXIT_RULES, method_class
-from eebench.methods.base import MAX_SOFTMAX, InferenceCosts, TrainMethod, rules_for
+from eebench.methods.base import (
+    MAX_SOFTMAX,
+    ExitRule,
+    InferenceCosts,
+    MethodContractError,
+    TrainMethod,
+    rules_for,
+    source_file,
+)
 from eebench.methods.inference import ExitByExit
 from eebench.pipelines import protocol
 from eebench.pipelines.io import write_csv
@@ -121,8 +129,30 @@ def fit_decisions(
     return [
         decision
         for name in rules_for(method, outputs)
-        for decision in EXIT_RULES.get(name)(hparams).fit(outputs)
+        for decision in fit_rule(EXIT_RULES.get(name)(hparams), method, outputs)
     ]
+
+
+def fit_rule(
+    rule: ExitRule, method: type[InferenceCosts], outputs: RunOutputs
+) -> list[ExitDecision]:
+    """The rule's decisions, once its score is there and its `fit` kept its contract."""
+    if not rule.applies_to(outputs):
+        raise MethodContractError(
+            f"{source_file(method)}: {method.__name__}.exit_rules lists {rule.name!r}, whose "
+            f"score {rule.score!r} its runs do not provide (they have: "
+            f"{', '.join([MAX_SOFTMAX, *outputs.score_names()])})"
+        )
+    decisions = rule.fit(outputs)
+    if not isinstance(decisions, list) or not all(isinstance(d, ExitDecision) for d in decisions):
+        got = type(decisions).__name__
+        if isinstance(decisions, list):
+            got += f" of {', '.join(sorted({type(d).__name__ for d in decisions}))}"
+        raise MethodContractError(
+            f"{source_file(rule)}: {type(rule).__name__}.fit must return list[ExitDecision], "
+            f"got {got}"
+        )
+    return decisions
 
 
 def budgeted_rows(outputs: RunOutputs, decisions: list[ExitDecision]) -> pd.DataFrame:

@@ -3,17 +3,22 @@
 Every checkpoint and `model.pt` stores that part and its hash, so a run resumed or reused
 under another config stops and names the keys that changed, instead of mixing two
 configs in one run. The Snakefile passes the hash as a rule parameter, so a changed study
-reruns exactly the runs whose numbers it changes.
+reruns exactly the runs whose numbers it changes. The source of the run's method module and
+of its backbone's module is part of it: editing `methods/<name>.py` reruns that method's
+runs (and Snakemake the runs built on them, whose inputs change), and nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from eebench.methods import method_class
+from eebench.backbones import get_model_config
+from eebench.methods import EXIT_RULES, method_class
 
 
 class RunConfigChangedError(ValueError):
@@ -39,8 +44,9 @@ RECIPE_NOT_HASHED = frozenset({"source", "eval_batch_size"})
 def hashed_config(run: dict[str, Any]) -> dict[str, Any]:
     """The keys of a resolved run config that can change its trained model.
 
-    Upstream runs count by their run path (not where the results folder is), and the
-    method's `code_version` joins in when the method declares one.
+    Upstream runs count by their run path (not where the results folder is); the source
+    of the method's and the backbone's modules (`code`), and the method's `code_version`
+    when it declares one (for changes elsewhere that move its numbers), join in.
     """
     kept = {key: value for key, value in run.items() if key not in NOT_HASHED}
     if "recipe" in kept:
@@ -48,10 +54,33 @@ def hashed_config(run: dict[str, Any]) -> dict[str, Any]:
     for key in ("init_from", "source"):
         if kept.get(key):
             kept[key] = _run_path(kept[key])
-    version = method_class(run["method"]).code_version
-    if version:
-        kept["method_code_version"] = version
+    method = method_class(run["method"])
+    if method.code_version:
+        kept["method_code_version"] = method.code_version
+    kept["code"] = source_digests([method, type(get_model_config(run["backbone"]))])
     return kept
+
+
+def exit_rules_code() -> str:
+    """A short hash of the source of every exit rule's module: evaluation and calibration
+    fit every rule that applies to a run, so editing a rule's file refits them all (and
+    retrains nothing)."""
+    rules = [EXIT_RULES.get(name) for name in EXIT_RULES.names()]
+    text = json.dumps(source_digests(rules), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_digests(objects: list[Any]) -> dict[str, str]:
+    """{module name: short hash of its source file} of the modules defining `objects`."""
+    return {module: source_digest(module) for module in sorted({o.__module__ for o in objects})}
+
+
+def source_digest(module: str) -> str:
+    """A short hash of a module's source file (its bytes: the same on every machine)."""
+    path = inspect.getsourcefile(sys.modules[module])
+    if path is None:  # a module without a source file (e.g. compiled): its name only
+        return "no source"
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
 def fingerprint(run: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from eebench.methods.base import StepOutput, hard_labels
+from eebench.methods.base import StepOutput, check_returned, hard_labels
 from eebench.pipelines import checkpoint as ckpt
 from eebench.pipelines.augment import derive_seed
 from eebench.pipelines.distributed import World, world_of
@@ -298,7 +298,12 @@ class Trainer:
         )
         for batch, (x, y) in enumerate(loader.iterate(epoch, start_batch), start=start_batch):
             x, target = engine.prepare_step(x, y)
-            out = self.method.training_step(x, target, engine.global_step, engine)
+            out = check_returned(
+                self.method.training_step(x, target, engine.global_step, engine),
+                StepOutput,
+                self.method,
+                "training_step",
+            )
             world.broadcast_buffers(self.method)
             meter.update(StepTotals.of(out).over(world))
             engine.global_step += 1

@@ -31,7 +31,7 @@ def test_readme_shows_the_three_kinds_of_method() -> None:
     assert set(example_sources()) == {
         "methods/weighted_exits.py",
         "methods/temperature.py",
-        "methods/half_confident.py",
+        "methods/entropy.py",
     }
 
 
@@ -48,7 +48,7 @@ def test_readme_posthoc_and_rule_examples_fit_and_apply(monkeypatch: pytest.Monk
     monkeypatch.setattr(POSTHOC_METHODS, "_entries", dict(POSTHOC_METHODS._entries))
     monkeypatch.setattr(EXIT_RULES, "_entries", dict(EXIT_RULES._entries))
     sources = example_sources()
-    for name in ("methods/temperature.py", "methods/half_confident.py"):
+    for name in ("methods/temperature.py", "methods/entropy.py"):
         exec(compile(sources[name], name, "exec"), {})
     outputs = fake_outputs()
     method = POSTHOC_METHODS.get("temperature")({"grid": [0.5, 1.0, 2.0, 4.0]}, 3)
@@ -58,8 +58,11 @@ def test_readme_posthoc_and_rule_examples_fit_and_apply(monkeypatch: pytest.Monk
         -1
     ).tolist()
     assert all(((out.scores["score"] > 0) & (out.scores["score"] <= 1)).all() for out in batch)
-    (decision,) = EXIT_RULES.get("half_confident")().fit(outputs)
-    assert decision.thresholds[:-1] == (0.5, 0.5) and decision.rule == "half_confident"
+    (plain,) = replay([], [torch.zeros(40, 0)] * 3, torch.from_numpy(outputs.test.logits))
+    log_p = torch.log_softmax(torch.from_numpy(outputs.test.logits[2]).double(), dim=-1)
+    expected = (log_p.exp() * log_p).sum(-1)  # any run's exits carry the rule's score
+    assert torch.allclose(plain[2].scores["neg_entropy"], expected)
+    assert EXIT_RULES.get("entropy")().computes_score() and EXIT_RULES.get("entropy").generic
 
 
 def test_readme_method_example_registers_resolves_and_trains(

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.transforms import offset_copy
 
@@ -85,9 +87,43 @@ def backbone_label(backbone: str) -> str:
     return get_model_config(backbone).label
 
 
+#: Colours for a curve whose colour another curve of the study already has.
+SPARE_COLORS = tuple(
+    to_hex(c) for name in ("tab20b", "tab20c", "Dark2") for c in mpl.colormaps[name].colors
+)
+SPARE_MARKERS = ("o", "s", "^", "v", "D", "p", "h", "X", "P", "<", ">", "8", "H", "d", "*")
+#: The study's styles, (method, variant) -> Display, set by `load_tables`: a curve keeps its
+#: colour and marker in every figure and panel, and no other curve of the study shares them.
+STUDY_STYLES: dict[tuple[str, str], Display] = {}
+
+
 def display_of(method: str, variant: str = "") -> Display:
-    """The label, colour, marker and figures a method (variant) declares."""
-    return method_class(method).display_of(variant)
+    """The label, colour, marker and figures a method (variant) declares, with the colour
+    (and label) made distinct within the study (`distinct_styles`)."""
+    return STUDY_STYLES.get((method, variant)) or method_class(method).display_of(variant)
+
+
+def distinct_styles(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Display]:
+    """Each (method, variant)'s display with a colour, marker and label no earlier one has:
+    methods' own displays first (they keep what they declare), then variants, in the order
+    given; a colour taken is replaced by the first spare one no curve has."""
+    ordered = sorted(dict.fromkeys(pairs), key=lambda pair: pair[1] != "")
+    styles: dict[tuple[str, str], Display] = {}
+    colors: set[str] = set()
+    for method, variant in ordered:
+        display = method_class(method).display_of(variant)
+        if display.color.lower() in colors:
+            spare = next((c for c in SPARE_COLORS if c not in colors), display.color)
+            display = replace(display, color=spare)
+        taken = {(d.color.lower(), d.marker) for d in styles.values()}
+        if (display.color.lower(), display.marker) in taken:  # every spare colour is used
+            free = (m for m in SPARE_MARKERS if (display.color.lower(), m) not in taken)
+            display = replace(display, marker=next(free))
+        if display.label in {d.label for d in styles.values()}:
+            display = replace(display, label=f"{display.label} [{method}-{variant}]")
+        colors.add(display.color.lower())
+        styles[(method, variant)] = display
+    return styles
 
 
 def displays(frame: pd.DataFrame) -> list[Display]:
@@ -159,13 +195,16 @@ def load_tables(study: dict[str, Any], results_root: Path) -> StudyTables:
         raise FileNotFoundError(
             f"{tables}/runs.csv missing: build the tables first (eebench tables)"
         )
+    runs = read_table(tables / "runs.csv")
+    STUDY_STYLES.clear()
+    STUDY_STYLES.update(distinct_styles(zip(runs["method"], runs["variant"], strict=True)))
     return StudyTables(
         study=study,
         anytime=read_table(tables / "anytime_summary.csv"),
         budgeted=read_table(tables / "budgeted_summary.csv"),
         budgeted_by_seed=read_table(tables / "budgeted.csv"),
         table1=read_table(tables / "table1_summary.csv"),
-        runs=read_table(tables / "runs.csv"),
+        runs=runs,
         paper=paper_reported(),
         calibration=read_table(tables / "calibration.csv"),
         calibration_bins=read_table(tables / "calibration_bins.csv"),
@@ -275,6 +314,22 @@ def rules_note(frame: pd.DataFrame) -> str:
         f"{label} drawn with the {'/'.join(rules)} exit rule only"
         for label, rules in limited.items()
     )
+
+
+def left_out_note(
+    tables: StudyTables, figure: str, datasets: Iterable[str | None], drawn: pd.DataFrame
+) -> str:
+    """'not drawn here: X [v]' for the study's runs of the kind `figure` shows (their
+    method's kind lists it) on its datasets that it does not draw, so that a reader of the
+    image alone learns that they exist."""
+    runs = tables.runs[tables.runs["dataset"].isin([d for d in datasets if d])]
+    pairs = dict.fromkeys(zip(runs["method"], runs["variant"], strict=True))
+    of_kind = [pair for pair in pairs if figure in method_class(pair[0]).default_figures]
+    shown = set(zip(drawn["method"], drawn["variant"], strict=True))
+    missing = [display_of(*pair).label for pair in of_kind if pair not in shown]
+    if not missing:
+        return ""
+    return f"not drawn here (their display leaves this figure out): {', '.join(missing)}"
 
 
 def paper_points(tables: StudyTables, paper_figure: str, dataset: str | None) -> pd.DataFrame:
@@ -526,6 +581,8 @@ def curve_figure(
     for ax, panel in zip(axes, panels, strict=True):
         panel.draw(ax, tables.backbones)
     drawn = pd.concat([panel.data() for panel in panels], ignore_index=True)
-    notes = [caption(tables, datasets), rules_note(drawn[drawn[SOURCE] == OURS])]
+    ours = drawn[drawn[SOURCE] == OURS]
+    left_out = left_out_note(tables, name, datasets, ours)
+    notes = [caption(tables, datasets), rules_note(ours), left_out]
     finish(fig, axes, ". ".join(note for note in notes if note))
     return save(fig, out, name, drawn)

@@ -12,6 +12,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from eebench.methods import method_kind
+from eebench.methods.base import MethodContractError
 from eebench.pipelines.config import (
     ConfigError,
     RunSpec,
@@ -21,7 +22,7 @@ from eebench.pipelines.config import (
     resolve_run,
     upstream_runs,
 )
-from eebench.pipelines.fingerprint import fingerprint
+from eebench.pipelines.fingerprint import exit_rules_code, fingerprint
 from eebench.pipelines.splits import split_path
 from eebench.pipelines.datasets import get_dataset_info
 from eebench.pipelines.io import read_yaml
@@ -54,7 +55,7 @@ def checked_study(path: Path) -> dict:
     """Names and registries (methods, backbones, datasets, recipes, variants) of every run."""
     try:
         return check_study(dict(config), origin=str(path))
-    except ConfigError as error:
+    except (ConfigError, MethodContractError) as error:
         raise WorkflowError(str(error)) from None
 
 
