@@ -303,6 +303,12 @@ class InferenceCosts:
     #: Method-specific exit rules (registered names) fitted for this method's runs.
     exit_rules: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def exit_rules_of(cls, hparams: Mapping[str, Any]) -> tuple[str, ...]:
+        """The method's own exit rules for a run with these hparams: a variant that lacks
+        a rule's score (e.g. a control without gates) drops the rule here."""
+        return cls.exit_rules
+
     def extra_mflops(self) -> dict[str, np.ndarray]:
         """Per-exit (not cumulative) MFLOPs beyond the backbone, by what incurs them:
         "predict" (every prediction) or a score name (only when an exit rule reads it).
@@ -588,11 +594,14 @@ def method_class(name: str) -> type[TrainMethod] | type[PostHocMethod]:
     return registry.get(name)
 
 
-def rules_for(method: type[InferenceCosts], outputs: RunOutputs) -> list[str]:
+def rules_for(
+    method: type[InferenceCosts], outputs: RunOutputs, hparams: Mapping[str, Any]
+) -> list[str]:
     """The exit rules fitted for a run: every generic rule whose score it has, then its own."""
     generic = [
         name
         for name in EXIT_RULES.names()
         if EXIT_RULES.get(name).generic and EXIT_RULES.get(name)().applies_to(outputs)
     ]
-    return [*generic, *(r for r in method.exit_rules if r not in generic)]
+    own = method.exit_rules_of(hparams)
+    return [*generic, *(r for r in own if r not in generic)]

@@ -217,6 +217,12 @@ class JeiDnn(TrainMethod):
     needs_val_each_epoch: ClassVar[bool] = True
     score_names: ClassVar[tuple[str, ...]] = (OWN_SCORE,)
     exit_rules: ClassVar[tuple[str, ...]] = (RULE,)
+
+    @classmethod
+    def exit_rules_of(cls, hparams: Mapping[str, Any]) -> tuple[str, ...]:
+        """The control (no gates, no a_l) exits by max-softmax thresholds only."""
+        return cls.exit_rules if hparams["gates"] else ()
+
     # Budgeted figures only: its anytime curve is the ICs', the same for every λ. The
     # default variant also shows the generic score rule (the protocol's thresholds on a_l).
     display: ClassVar[Display] = Display(

@@ -128,7 +128,7 @@ def fit_decisions(
     """Every exit rule of the run, fitted on val."""
     return [
         decision
-        for name in rules_for(method, outputs)
+        for name in rules_for(method, outputs, hparams)
         for decision in fit_rule(EXIT_RULES.get(name)(hparams), method, outputs)
     ]
 

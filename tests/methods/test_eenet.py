@@ -431,7 +431,7 @@ def test_fits_are_seeded_and_read_val_only() -> None:
 def test_rule_applies_only_to_runs_with_budget_scores(fit_case: SimpleNamespace) -> None:
     assert EENetBudgetRule().applies_to(fit_case.run)
     assert not EENetBudgetRule().applies_to(fit_case.outputs)
-    assert rules_for(EENet, fit_case.run) == ["max_softmax", "score", RULE]
+    assert rules_for(EENet, fit_case.run, {}) == ["max_softmax", "score", RULE]
     assert EXIT_RULES.get(RULE) is EENetBudgetRule and POSTHOC_METHODS.get("eenet") is EENet
 
 

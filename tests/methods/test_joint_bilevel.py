@@ -313,7 +313,7 @@ def test_order_halves_and_modes_within_a_batch(build: Build, batch: Batch) -> No
 def test_hard_and_soft_targets_train(build: Build, soft: bool, batch: Batch) -> None:
     method, engine = build(phi_interval=2, engine_lr=0.2)
     x, y = batch(16, soft=soft)
-    outputs = [method.training_step(x, y, step, engine) for step in range(40)]
+    outputs = [method.training_step(x, y, step, engine) for step in range(80)]
     losses = [out.loss for out in outputs]
     ce = [sum(per_sample_cross_entropy(z, y).mean() for z in out.logits) for out in outputs]
     assert all(math.isfinite(v) for v in losses)
