@@ -192,10 +192,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> None:
     from eebench.methods import method_kind
-    from eebench.pipelines.config import expand_runs, resolve_run
+    from eebench.pipelines.config import check_upstream, expand_runs, resolve_run
     from eebench.pipelines.fingerprint import fingerprint
 
     study, root = _study_paths(args)
+    check_upstream(study)
     runs = expand_runs(study)
     for spec in runs:
         run = resolve_run(study, spec, results_root=root)

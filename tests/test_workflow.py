@@ -209,8 +209,9 @@ def _one_run_study(tmp_path: Path) -> tuple[list[str], Path]:
 
 
 def test_a_failing_job_never_deletes_a_finished_model(tmp_path: Path) -> None:
-    """Issue 26 (1a): a truncated split file makes the rerun fail with its message, and the
-    finished model.pt stays; the split drawn again, the run is evaluated from that model."""
+    """Issue 26 (1a, 3): a truncated split file makes the rerun fail with its message, and the
+    finished model.pt stays; the split drawn again, the run is evaluated from that model.
+    Then a truncated outputs.npz fails the tables job, and the old tables stay."""
     args, run_dir = _one_run_study(tmp_path)
     assert snakemake(tmp_path, *args).returncode == 0
     model = run_dir / "model.pt"
@@ -226,7 +227,14 @@ def test_a_failing_job_never_deletes_a_finished_model(tmp_path: Path) -> None:
     assert redone.returncode == 0, redone.stdout + redone.stderr
     assert model.read_bytes() == trained
     assert (run_dir / "train.log").read_text().count("epoch 1/1") == 1, "it was trained again"
-    assert (run_dir / "outputs.npz").is_file()
+    # a truncated outputs.npz fails the tables job, which leaves the previous tables in place
+    tables = {path: path.read_bytes() for path in (tmp_path / "results/tiny/tables").iterdir()}
+    outputs = run_dir / "outputs.npz"
+    outputs.write_bytes(outputs.read_bytes()[:1000])
+    failed = snakemake(tmp_path, *args)
+    assert failed.returncode != 0
+    assert f"{outputs.relative_to(tmp_path)} is damaged" in failed.stdout + failed.stderr
+    assert {path: path.read_bytes() for path in tables} == tables
 
 
 def test_a_killed_workflow_uses_the_model_its_orphaned_trainer_finishes(tmp_path: Path) -> None:
