@@ -215,7 +215,9 @@ rule tables:
     output:
         # update(): a failing tables job leaves the previous tables in place
         [
-            update(report(f"{ROOT}/tables/{name}", caption="report/tables.rst", category="Tables"))
+            update(
+                report(f"{ROOT}/tables/{name}", caption="report/tables.rst", category="Tables")
+            )
             for name in TABLE_FILES
         ],
     log:
