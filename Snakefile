@@ -20,7 +20,7 @@ from snakemake.utils import min_version, validate
 from eebench.pipelines.figures import FIGURE_FILES
 from eebench.pipelines.tables import TABLE_FILES
 
-min_version("8.0")
+min_version("9.0")  # update(): an output kept, and restored, when its job fails
 
 
 include: "workflow/rules/common.smk"
@@ -46,7 +46,9 @@ RUN_COMMAND = "{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {thre
 GPUS = gpus_per_job(STUDY)
 # Training on several GPUs: torchrun starts one `eebench train` per GPU (data parallel).
 LAUNCH = launcher(GPUS)
-TRAIN_COMMAND = "{LAUNCH}" + RUN_COMMAND
+# A train job never retrains or deletes a finished model of the run's config: it waits
+# for a live trainer of the run (an orphan of a killed Snakemake) and uses its model.
+TRAIN_COMMAND = "{LAUNCH}" + RUN_COMMAND.replace(" --threads", " --wait --replace-stale --threads")
 TRAIN_MINUTES = STUDY.get("slurm", {}).get("time_minutes", 24 * 60)
 # Runs whose real early exit is timed (the study's `latency` section), and their pattern.
 LATENCY_RUNS = latency_runs(STUDY)
@@ -121,7 +123,9 @@ rule train:
     output:
         # model.pt is written last, atomically: it marks a finished run. Checkpoints and
         # the training logs are not outputs, so an interrupted run resumes from them.
-        f"{ROOT}/{{run}}/model.pt",
+        # update(): Snakemake neither deletes it before the job (which keeps a model of
+        # the run's config) nor after a failed job (it restores it).
+        update(f"{ROOT}/{{run}}/model.pt"),
     wildcard_constraints:
         run=TRAIN_RUNS,
     params:
@@ -215,8 +219,11 @@ rule tables:
     input:
         [path for spec in RUNS for path in run_files(spec)],
     output:
+        # update(): a failing tables job leaves the previous tables in place
         [
-            report(f"{ROOT}/tables/{name}", caption="report/tables.rst", category="Tables")
+            update(
+                report(f"{ROOT}/tables/{name}", caption="report/tables.rst", category="Tables")
+            )
             for name in TABLE_FILES
         ],
     log:

@@ -2,8 +2,9 @@
 
 Each checkpoint is written to a temporary file, fsynced and renamed (atomic);
 the last two are kept. Loading uses `torch.load(weights_only=True)`, so no
-pickled code ever runs; a truncated or corrupted file is reported by name and
-the previous good one is used instead.
+pickled code ever runs; a truncated or corrupted file, or one whose bytes no longer
+match the checksum written with it (pipelines/io.py), is reported by name and the
+previous good one is used instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eebench.pipelines.io import write_bytes
+from eebench.pipelines.io import DamagedFileError, read_checked, remove, write_checked
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,20 @@ def save_torch(path: Path, payload: dict[str, Any]) -> None:
     """Serialise to memory first, then write atomically."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    write_bytes(path, buffer.getvalue())
+    write_checked(path, buffer.getvalue())
 
 
 def load_torch(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load a file written by `save_torch`; any damage raises CorruptCheckpointError."""
+    remedy = "delete it to start that stage again"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_checked(path, remedy)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except DamagedFileError as error:
+        raise CorruptCheckpointError(str(error)) from None
     except Exception as error:  # truncated zip, bad pickle, unreadable file...
         raise CorruptCheckpointError(
-            f"{path} is corrupted or truncated ({type(error).__name__}: {error}); "
-            "delete it to start that stage again"
+            f"{path} is corrupted or truncated ({type(error).__name__}: {error}); {remedy}"
         ) from None
     missing = [key for key in required if key not in payload]
     if missing:
@@ -68,7 +72,7 @@ def save_checkpoint(directory: Path, global_step: int, payload: dict[str, Any]) 
     path = checkpoint_path(directory, global_step)
     save_torch(path, payload)
     for old in list_checkpoints(directory)[KEEP_LAST:]:
-        old.unlink(missing_ok=True)
+        remove(old)
     return path
 
 

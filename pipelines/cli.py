@@ -112,7 +112,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     run, run_dir, split_dir = _run_config(args)
     _setup_logging(run_dir / "train.log")
-    path = train_run(run, run_dir, split_dir, restart=args.restart)
+    path = train_run(
+        run,
+        run_dir,
+        split_dir,
+        restart=args.restart,
+        wait=args.wait,
+        replace_stale=args.replace_stale,
+    )
     print(f"trained: {path}")
 
 
@@ -243,10 +250,11 @@ def cmd_repro_check(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> None:
     from eebench.methods import method_kind
-    from eebench.pipelines.config import expand_runs, resolve_run
+    from eebench.pipelines.config import check_upstream, expand_runs, resolve_run
     from eebench.pipelines.fingerprint import fingerprint
 
     study, root = _study_paths(args)
+    check_upstream(study)
     runs = expand_runs(study)
     for spec in runs:
         run = resolve_run(study, spec, results_root=root)
@@ -393,6 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete the run's checkpoints and model.pt first and train it from the start "
         "(after a NaN stop, or to train under a changed config)",
+    )
+    parsers["train"].add_argument(
+        "--wait",
+        action="store_true",
+        help="when another trainer holds the run, wait for it and use its model "
+        "instead of stopping (what the Snakefile asks)",
+    )
+    parsers["train"].add_argument(
+        "--replace-stale",
+        action="store_true",
+        help="retrain a model.pt made under another config instead of stopping "
+        "(what the Snakefile asks: it reruns a run when its config hash changed)",
     )
     parsers["evaluate"].add_argument(
         "--no-features", action="store_true", help="skip the per-exit features (post-hoc inputs)"

@@ -10,6 +10,7 @@ is loaded, so a typo fails in a second with the fix in the message.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -129,9 +130,16 @@ class RunSpec:
 
     @classmethod
     def from_path(cls, path: str) -> RunSpec:
+        """The run of a run path; anything else is refused, showing the expected form."""
         parts = Path(path).parts
-        index = parts.index("runs")
-        dataset, backbone, method_dir, seed_dir = parts[index + 1 : index + 5]
+        index = parts.index("runs") if "runs" in parts else len(parts)
+        tail = parts[index + 1 : index + 5]
+        if len(tail) != 4 or not re.fullmatch(r"seed\d+", tail[3]):
+            raise ConfigError(
+                f"--run {path} is not a run path: give runs/<dataset>/<backbone>/"
+                "<method>[-<variant>]/seed<k> (`eebench check --study ...` lists them)"
+            )
+        dataset, backbone, method_dir, seed_dir = tail
         method, _, variant = method_dir.partition("-")
         return cls(dataset, backbone, method, variant, int(seed_dir.removeprefix("seed")))
 
@@ -204,9 +212,12 @@ def resolve_run(
         )
         recipe = recipe.with_overrides({"epochs": cls.train_epochs(hparams, recipe.epochs)})
         if "synthetic" not in dcfg:  # its sizes are the loader's to check
-            _check_train_subset(
-                spec.dataset, dcfg.get("train_subset"), info.n_train_total - info.n_val
-            )
+            n_train = info.n_train_total - info.n_val
+            _check_train_subset(spec.dataset, dcfg.get("train_subset"), n_train)
+            if kind == "train":
+                _check_batch_size(
+                    spec.dataset, recipe.batch_size, dcfg.get("train_subset"), n_train
+                )
     except (KeyError, ValueError, HyperparameterError) as error:
         raise ConfigError(f"{where}: {error}") from None
     root = Path(results_root)
@@ -245,6 +256,26 @@ def _check_train_subset(dataset: str, subset: int | None, n_train: int) -> None:
             f"datasets/{dataset}/train_subset: {subset} is larger than the training split "
             f"({n_train} images); use at most {n_train}, or remove it to train on all of them"
         )
+
+
+def _check_batch_size(dataset: str, batch_size: int, subset: int | None, n_train: int) -> None:
+    """A batch larger than the training images trains on nothing (or one odd batch)."""
+    n_images = subset or n_train
+    if batch_size > n_images:
+        raise ConfigError(
+            f"datasets/{dataset}: batch_size {batch_size} is larger than the {n_images} "
+            "training images (train_subset): lower batch_size in recipe_overrides, or train "
+            "on more images"
+        )
+
+
+def check_upstream(study: dict[str, Any]) -> None:
+    """Stop when a post-hoc or `init_from` run needs a run that the study does not have."""
+    runs = expand_runs(study)
+    for spec in runs:
+        outside = [up.path for up in upstream_runs(study, spec) if up not in runs]
+        if outside:
+            raise ConfigError(f"{spec.path} needs {', '.join(outside)}: add it to the study's runs")
 
 
 def _sibling(spec: RunSpec, method_and_variant: str) -> str:

@@ -28,6 +28,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from eebench.pipelines.engine import NonFiniteLossError
     from eebench.pipelines.fingerprint import RunConfigChangedError
     from eebench.pipelines.infer import DecisionNotFoundError
+    from eebench.pipelines.io import DamagedFileError, WriteError
     from eebench.pipelines.lock import RunLockedError
     from eebench.pipelines.outputs import OutputsFormatError
     from eebench.pipelines.registry import UnknownNameError
@@ -47,6 +48,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
         RunConfigChangedError,
         RunLockedError,
         DecisionNotFoundError,
+        DamagedFileError,
+        WriteError,
         FileNotFoundError,
         PermissionError,
     )

@@ -407,12 +407,9 @@ def infer_summary(
     result = run_split(deployed, batches, decision, mode, max_samples)
     labels = torch.cat([y for _, y in batches]).numpy()[: len(result["exits"])]
     if out:
-        from eebench.pipelines.io import atomic_open
+        from eebench.pipelines.io import write_npz
 
-        with atomic_open(out, "wb") as handle:
-            np.savez(
-                handle, predictions=result["predictions"], exits=result["exits"], labels=labels
-            )
+        write_npz(out, predictions=result["predictions"], exits=result["exits"], labels=labels)
     row = speed_row(deployed, decision, result, mode)
     top1 = 100.0 * float((result["predictions"] == labels).mean())
     unit = "ms per sample" if mode == "stream" else "ms per batch"

@@ -4,7 +4,9 @@ The lock is an advisory `flock` on `<run>/.lock`, so the kernel releases it when
 process dies, however it dies (a killed Snakemake can leave a trainer running; a second
 trainer started after `--unlock` then stops here instead of sharing the checkpoints).
 The file names its holder (stage, pid, host, start time); a non-empty file that nobody
-holds was left by a process that died, and is taken over with a log line.
+holds was left by a process that died, and is taken over with a log line. A workflow job
+(`eebench train --wait`) waits for a live holder instead, so the rerun of a killed
+Snakemake uses what its orphaned trainer finishes rather than failing or retraining.
 """
 
 from __future__ import annotations
@@ -29,18 +31,23 @@ class RunLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path, stage: str) -> Iterator[None]:
-    """Hold `run_dir`'s lock for the block, or stop at once naming who holds it."""
+def run_lock(run_dir: Path, stage: str, wait: bool = False) -> Iterator[None]:
+    """Hold `run_dir`'s lock for the block; when another live process holds it, stop at once
+    naming it, or with `wait`, wait until it ends."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_NAME
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLockedError(
-                f"{run_dir} is in use by {_holder(handle) or 'another process'}: wait for it "
-                "to end, or stop that process; two processes never share a run directory"
-            ) from None
+            holder = _holder(handle) or "another process"
+            if not wait:
+                raise RunLockedError(
+                    f"{run_dir} is in use by {holder}: wait for it to end, or stop that "
+                    "process; two processes never share a run directory"
+                ) from None
+            log.warning("%s is in use by %s: waiting for it to end", run_dir, holder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         left = _holder(handle)
         if left:
             log.warning("taking over the lock of %s, left by %s (no longer running)", run_dir, left)

@@ -11,20 +11,23 @@
 - `exit_rules.json`: every fitted exit decision of the run (rule, operating point,
   score read, one threshold per exit): what deployment (`eebench infer`) needs.
 
-A file of another format version is refused with the command that rewrites it.
+A file of another format version, truncated, or damaged since it was written (its checksum,
+pipelines/io.py) is refused with the command that rewrites it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eebench.pipelines.io import write_npz, write_text
+from eebench.pipelines.io import read_checked, write_npz, write_text
 from eebench.pipelines.protocol import softmax_confidence
 
 FORMAT_VERSION = 2
@@ -149,10 +152,11 @@ def _load(path: Path, remedy: str) -> dict[str, np.ndarray]:
     """Every array of an npz file of this format version, or one clear error."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: {remedy}")
+    data = read_checked(path, remedy)  # a damaged file stops here, naming it
     try:
-        with np.load(path) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as error:
+        with np.load(io.BytesIO(data)) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise OutputsFormatError(f"{path} is unreadable ({error}): {remedy}") from None
     version = int(arrays.pop("format_version", 1))
     if version != FORMAT_VERSION:

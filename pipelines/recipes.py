@@ -62,6 +62,11 @@ class Recipe:
                 )
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"recipe {self.name!r}: epochs must be >= 1 and batch_size >= 2")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ValueError(
+                f"recipe {self.name!r}: lr must be > 0 and min_lr >= 0, got lr {self.lr:g}, "
+                f"min_lr {self.min_lr:g}: set them in recipe_overrides"
+            )
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> Recipe:
         """A copy with some fields changed; unknown or mistyped fields are named in the error."""

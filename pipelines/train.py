@@ -35,8 +35,13 @@ from eebench.pipelines.augment import derive_seed
 from eebench.pipelines.distributed import World, world_of
 from eebench.pipelines.engine import Engine
 from eebench.pipelines.evaluate import collect
-from eebench.pipelines.fingerprint import RunConfigChangedError, check_recorded, recorded
-from eebench.pipelines.io import write_csv, write_yaml
+from eebench.pipelines.fingerprint import (
+    RunConfigChangedError,
+    check_recorded,
+    fingerprint,
+    recorded,
+)
+from eebench.pipelines.io import remove, write_csv, write_yaml
 from eebench.pipelines.lock import run_lock
 from eebench.pipelines.outputs import SplitOutputs
 from eebench.pipelines.repro import record_environment
@@ -374,7 +379,7 @@ class Trainer:
         payload = {"method": state, "selected_epoch": selected, "world_size": self.world.size}
         ckpt.save_torch(path, {**payload, **recorded(self.run)})
         for old in ckpt.list_checkpoints(self.ckpt_dir):
-            old.unlink()
+            remove(old)
         return path
 
 
@@ -393,17 +398,28 @@ def _format_row(row: dict[str, Any]) -> str:
     return f"loss {row['train_loss']:.4f} lr {row['lr']:.2e}{shown} ({row['seconds']:.0f}s)"
 
 
-def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool = False) -> Path:
+def train_run(
+    run: dict[str, Any],
+    run_dir: Path,
+    split_dir: Path,
+    restart: bool = False,
+    wait: bool = False,
+    replace_stale: bool = False,
+) -> Path:
     """Train (or resume, or skip when finished) one run directory; `restart` starts it over.
-    Under torchrun, every rank calls this: rank 0 holds the lock and cleans up, then every
-    rank reads the same directory."""
+
+    As a workflow job: `wait` waits for a live trainer of the run (an orphan of a killed
+    Snakemake) and then uses its model, and `replace_stale` retrains a model.pt made under
+    another config instead of stopping. Under torchrun, every rank calls this: rank 0
+    holds the lock and cleans up, then every rank reads the same directory."""
     run_dir = Path(run_dir)
     world = world_of(resolve_device(run["device"]))
-    with _main_lock(run_dir, world):
-        if restart and world.is_main:
-            _forget_training(run_dir)
-        world.barrier()  # nobody reads the directory before rank 0 has cleaned it up
+    with _main_lock(run_dir, world, wait):
         model_path = run_dir / "model.pt"
+        stale = replace_stale and model_path.exists() and not _made_under(model_path, run)
+        if (restart or stale) and world.is_main:
+            _forget_training(run_dir, "--restart" if restart else "model.pt of another config")
+        world.barrier()  # nobody reads the directory before rank 0 has cleaned it up
         if model_path.exists():
             check_finished(model_path, run)
             log.info("%s is complete (model.pt exists); nothing to train", run_dir)
@@ -418,9 +434,19 @@ def train_run(run: dict[str, Any], run_dir: Path, split_dir: Path, restart: bool
         return Trainer(run, run_dir, split_dir, world).fit(resume=found)
 
 
-def _main_lock(run_dir: Path, world: World) -> contextlib.AbstractContextManager[None]:
+def _main_lock(run_dir: Path, world: World, wait: bool) -> contextlib.AbstractContextManager[None]:
     """The run directory's lock, held by rank 0 for all the ranks of the run."""
-    return run_lock(run_dir, "train") if world.is_main else contextlib.nullcontext()
+    return run_lock(run_dir, "train", wait) if world.is_main else contextlib.nullcontext()
+
+
+def _made_under(model_path: Path, run: dict[str, Any]) -> bool:
+    """Whether a readable model.pt was trained under this run's config (a damaged one
+    counts as made under it, so that `check_finished` names the damage)."""
+    try:
+        payload = ckpt.load_torch(model_path, ("method",))
+    except ckpt.CorruptCheckpointError:
+        return True
+    return payload.get("fingerprint") == fingerprint(run)
 
 
 def _check_world_size(path: Path, state: dict[str, Any], world: World, run_dir: Path) -> None:
@@ -454,10 +480,11 @@ def _restart_hint(run_dir: Path) -> str:
     )
 
 
-def _forget_training(run_dir: Path) -> None:
-    """--restart: drop the run's checkpoints, best.pt and model.pt (nothing else)."""
+def _forget_training(run_dir: Path, why: str) -> None:
+    """--restart (or a stale model.pt): drop the run's checkpoints, best.pt and model.pt
+    (nothing else)."""
     gone = [*ckpt.list_checkpoints(run_dir / "checkpoints")]
     gone += [path for path in (run_dir / "best.pt", run_dir / "model.pt") if path.exists()]
     for path in gone:
-        path.unlink()
-    log.info("--restart: deleted %s", ", ".join(p.name for p in gone) or "nothing (fresh run)")
+        remove(path)
+    log.info("%s: deleted %s", why, ", ".join(p.name for p in gone) or "nothing (fresh run)")

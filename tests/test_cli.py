@@ -76,6 +76,19 @@ runs: [{method: standard}]
             "got '1e9' (YAML reads 1e9 as text: write 1.0e+9)",
         ),
         (STUDY % ", train_subset: 60000", "train_subset: 60000 is larger than the training split"),
+        (
+            STUDY % ", train_subset: 100, recipe_overrides: {batch_size: 128}",
+            "batch_size 128 is larger than the 100 training images (train_subset)",
+        ),
+        (STUDY % ", recipe_overrides: {lr: -0.1}", "lr must be > 0 and min_lr >= 0, got lr -0.1"),
+        (
+            (STUDY % "").replace("method: standard", "method: jei_dnn"),
+            "jei_dnn/seed0 needs runs/fashion_mnist/msdnet_fmnist/standard/seed0: add it",
+        ),
+        (
+            (STUDY % "").replace("method: standard", "method: calibrated_dnn"),
+            "calibrated_dnn/seed0 needs runs/fashion_mnist/msdnet_fmnist/standard/seed0: add it",
+        ),
     ],
 )
 def test_bad_study_is_one_line_with_the_fix(
@@ -129,6 +142,33 @@ def test_unwritable_results_folder_is_named(
     err = capsys.readouterr().err
     split = results / "splits" / "fashion_mnist_split_seed0.npz"
     assert f"cannot write {split} (Permission denied): make its folder writable" in err
+
+
+def test_a_full_disk_is_one_line_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_space(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", no_space)
+    study = study_file(tmp_path, STUDY % "")
+    results = tmp_path / "results"
+    command = ["split", "--study", str(study), "--results", str(results)]
+    assert main([*command, "--dataset", "fashion_mnist"]) == 2
+    err = capsys.readouterr().err
+    split = results / "splits" / "fashion_mnist_split_seed0.npz"
+    assert f"cannot write {split} (No space left on device): free space on the disk" in err
+    assert err.count("\n") == 1 and ".tmp" not in err
+
+
+def test_a_run_path_that_is_not_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = study_file(tmp_path, STUDY % "")
+    assert main(["infer", "--study", str(study), "--run", "runs/nonsense", "--p", "50"]) == 2
+    err = capsys.readouterr().err
+    assert "--run runs/nonsense is not a run path: give runs/<dataset>/<backbone>/" in err
+    assert err.count("\n") == 1
 
 
 def test_damaged_split_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

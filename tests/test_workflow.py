@@ -196,6 +196,69 @@ def test_interrupted_workflow_resumes_without_redoing_finished_jobs(tmp_path: Pa
     assert (tmp_path / "results" / "tiny" / "figures" / "fig3_budgeted.png").is_file()
 
 
+def _one_run_study(tmp_path: Path) -> tuple[list[str], Path]:
+    """A one-run tiny study: (the Snakemake arguments that run it, its run directory)."""
+    study = copy.deepcopy(TINY_STUDY)
+    study["datasets"]["fashion_mnist"]["backbones"] = ["msdnet_fmnist"]
+    study["datasets"]["fashion_mnist"]["recipe_overrides"]["epochs"] = 1
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(study))
+    args = ["--profile", str(REPO / "profiles" / "default"), "--configfile", str(config)]
+    run_dir = tmp_path / "results/tiny/runs/fashion_mnist/msdnet_fmnist/standard/seed0"
+    return args, run_dir
+
+
+def test_a_failing_job_never_deletes_a_finished_model(tmp_path: Path) -> None:
+    """Issue 26 (1a, 3): a truncated split file makes the rerun fail with its message, and the
+    finished model.pt stays; the split drawn again, the run is evaluated from that model.
+    Then a truncated outputs.npz fails the tables job, and the old tables stay."""
+    args, run_dir = _one_run_study(tmp_path)
+    assert snakemake(tmp_path, *args).returncode == 0
+    model = run_dir / "model.pt"
+    trained = model.read_bytes()
+    (split,) = (tmp_path / "results/tiny/splits").glob("*.npz")
+    split.write_bytes(split.read_bytes()[:200])
+    failed = snakemake(tmp_path, *args)
+    assert failed.returncode != 0
+    assert f"split file {split.relative_to(tmp_path)} is corrupted" in failed.stdout + failed.stderr
+    assert model.is_file() and model.read_bytes() == trained, "the model was deleted"
+    split.unlink()
+    redone = snakemake(tmp_path, *args)
+    assert redone.returncode == 0, redone.stdout + redone.stderr
+    assert model.read_bytes() == trained
+    assert (run_dir / "train.log").read_text().count("epoch 1/1") == 1, "it was trained again"
+    # a truncated outputs.npz fails the tables job, which leaves the previous tables in place
+    tables = {path: path.read_bytes() for path in (tmp_path / "results/tiny/tables").iterdir()}
+    outputs = run_dir / "outputs.npz"
+    outputs.write_bytes(outputs.read_bytes()[:1000])
+    failed = snakemake(tmp_path, *args)
+    assert failed.returncode != 0
+    assert f"{outputs.relative_to(tmp_path)} is damaged" in failed.stdout + failed.stderr
+    assert {path: path.read_bytes() for path in tables} == tables
+
+
+def test_a_killed_workflow_uses_the_model_its_orphaned_trainer_finishes(tmp_path: Path) -> None:
+    """Issue 26 (1b): Snakemake killed with SIGKILL while training leaves its trainer running;
+    after `--unlock` the rerun neither fails on the run's lock nor trains the run again."""
+    args, run_dir = _one_run_study(tmp_path)
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    command += ["--directory", str(tmp_path), *args]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_for(lambda: any(run_dir.glob("checkpoints/ckpt_*.pt")), proc, "a checkpoint")
+    finally:
+        proc.kill()  # Snakemake alone: its trainer lives on, an orphan
+        proc.communicate(timeout=60)
+    assert snakemake(tmp_path, *args, "--unlock").returncode == 0
+    result = snakemake(tmp_path, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (run_dir / "train.log").read_text()
+    assert log.count("epoch 1/1") == 1, "the run was trained again"
+    assert (tmp_path / "results/tiny/tables/anytime.csv").is_file()
+
+
 def _venv_with_a_space(tmp_path: Path) -> Path:
     """This Python environment seen through a folder whose path holds a space (symlinks):
     jobs then run `<that folder>/bin/eebench`, which breaks unless the command is quoted."""

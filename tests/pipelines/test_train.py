@@ -317,3 +317,69 @@ def test_mixing_within_halves_refuses_odd_halves_before_training(tmp_path: Path)
     built = build_method(run, 4, "synthetic", 8, torch.device("cpu"))
     with pytest.raises(ValueError, match="batch_size 30 must be a multiple of 4"):
         Engine(built, run_recipe(run), method_name="l2w", ckpt_dir=tmp_path)
+
+
+HOLD_THEN_FINISH = """
+import shutil, sys, time
+from pathlib import Path
+from eebench.pipelines.lock import run_lock
+trained, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+with run_lock(run_dir, "train"):
+    print("held", flush=True)
+    time.sleep(1.0)
+    for name in ("model.pt", "model.pt.sha256"):  # the orphan's model, finished
+        shutil.copy(trained / name, run_dir / name)
+"""
+
+
+def test_a_workflow_job_waits_for_a_live_trainer_and_uses_its_model(
+    tmp_path: Path, trained: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 26 (1b): after a killed Snakemake, its orphaned trainer still holds the run; the
+    rerun's job waits for it and uses the model it finishes instead of failing or training."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THEN_FINISH, str(trained), str(run_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with caplog.at_level("INFO"):
+        path = train_run(make_run(), run_dir, tmp_path / "splits", wait=True)
+    assert holder.wait(timeout=60) == 0
+    assert "waiting for it to end" in caplog.text and "nothing to train" in caplog.text
+    assert not (run_dir / "checkpoints").exists(), "it trained instead of waiting"
+    assert_same_weights(path.parent, trained)
+
+
+def test_a_workflow_job_replaces_only_a_stale_model(tmp_path: Path, trained: Path) -> None:
+    """Snakemake keeps model.pt (update()): a job under the model's own config keeps it as it
+    is; one under a changed config trains the run again instead of stopping."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("model.pt", "model.pt.sha256"):
+        (run_dir / name).write_bytes((trained / name).read_bytes())
+    stamp = (run_dir / "model.pt").stat().st_mtime_ns
+    train_run(make_run(), run_dir, tmp_path / "splits", replace_stale=True)
+    assert (run_dir / "model.pt").stat().st_mtime_ns == stamp
+    other = make_run(seed=1)
+    train_run(other, run_dir, tmp_path / "splits", replace_stale=True)
+    assert ckpt.load_torch(run_dir / "model.pt", ())["fingerprint"] == fingerprint(other)
+
+
+def test_a_damaged_model_is_refused_naming_it(tmp_path: Path, trained: Path) -> None:
+    """Issue 26 (2): 16 KB of finite floats written over a model.pt load without error, so its
+    checksum (written with it) is what refuses it, naming the file and the remedy."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("model.pt", "model.pt.sha256"):
+        (run_dir / name).write_bytes((trained / name).read_bytes())
+    data = bytearray((run_dir / "model.pt").read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16384] = np.full(4096, 0.5, dtype=np.float32).tobytes()
+    (run_dir / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(ckpt.CorruptCheckpointError, match=r"model\.pt is damaged: .*sha256"):
+        evaluate_run(make_run(), run_dir, tmp_path / "splits")
