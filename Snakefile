@@ -6,7 +6,7 @@
   snakemake --configfile config/<study>.yaml --report results/<study>/report.html
 
 Every job is one `eebench` command; the study config (validated here against
-pipelines/schemas/study.schema.yaml, then against the registries) is the only input
+pipelines/workflow/schemas/study.schema.yaml, then against the registries) is the only input
 that the commands share. Results go to results/<study>/ (layout: docs/protocol.md); the
 tables stage also tests the paper's claims on the runs' per-sample outputs (claims.csv).
 `eebench verify` (make verify) reruns this workflow from scratch in a temporary directory
@@ -17,8 +17,8 @@ import shlex
 
 from snakemake.utils import min_version, validate
 
-from eebench.pipelines.figures import FIGURE_FILES
-from eebench.pipelines.tables import TABLE_FILES
+from eebench.pipelines.analysis.figures import FIGURE_FILES
+from eebench.pipelines.analysis.tables import TABLE_FILES
 
 min_version("9.0")  # update(): an output kept, and restored, when its job fails
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from eebench.backbones.common import BackboneConfig, MultiExitNet
-from eebench.pipelines.registry import Registry
+from eebench.pipelines.services.registry import Registry
 
 ConfigFactory = Callable[[], BackboneConfig]
 

@@ -68,7 +68,7 @@ from torch import Tensor, nn
 
 from eebench.backbones import MultiExitNet, create_model, fold_batchnorm
 from eebench.backbones.flops import exit_mflops
-from eebench.pipelines.io import write_csv
+from eebench.pipelines.services.io import write_csv
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "backbone_speed.csv"
 MODELS = ("msdnet_cifar", "ranet_cifar")

@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from eebench.pipelines.io import write_csv
-from eebench.pipelines.loaders import build_loaders
+from eebench.pipelines.data.loaders import build_loaders
+from eebench.pipelines.services.io import write_csv
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "data_speed.csv"
 BATCH = 64

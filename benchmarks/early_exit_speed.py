@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from eebench.methods.inference import ExitByExit
-from eebench.pipelines.infer import (
+from eebench.pipelines.evaluation.infer import (
     Deployed,
     all_exits_prediction,
     choose_decision,
@@ -50,8 +50,8 @@ from eebench.pipelines.infer import (
     run_split,
     split_batches,
 )
-from eebench.pipelines.io import write_csv
-from eebench.pipelines.outputs import ExitDecision
+from eebench.pipelines.evaluation.outputs import ExitDecision
+from eebench.pipelines.services.io import write_csv
 
 Batch = tuple[Tensor, Tensor]
 

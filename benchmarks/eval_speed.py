@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eebench.pipelines.io import write_csv
-from eebench.pipelines.protocol import (
+from eebench.pipelines.evaluation.protocol import (
     P_VALUES,
     assign_exits,
     assign_exits_reference,
@@ -31,6 +30,7 @@ from eebench.pipelines.protocol import (
     fit_thresholds_reference,
     softmax_confidence,
 )
+from eebench.pipelines.services.io import write_csv
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "eval_speed.csv"
 

@@ -48,10 +48,10 @@ import pandas as pd
 import torch
 
 from eebench.methods import TRAIN_METHODS
-from eebench.pipelines.config import validate
-from eebench.pipelines.datasets import get_dataset_info
-from eebench.pipelines.io import write_csv
-from eebench.pipelines.train import EpochMeter, Trainer
+from eebench.pipelines.data.datasets import get_dataset_info
+from eebench.pipelines.services.io import write_csv
+from eebench.pipelines.training.train import EpochMeter, Trainer
+from eebench.pipelines.workflow.config import validate
 from eebench.recipes import RECIPES
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "method_speed.csv"

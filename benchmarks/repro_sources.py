@@ -2,7 +2,7 @@
 removed or changed at a time.
 
 Each row runs the check in a fresh process with EEBENCH_REPRODUCIBLE=0 (so the mode does
-not override the environment) and the mode's environment (pipelines/repro.py) set by hand
+not override the environment) and the mode's environment (pipelines/services/repro.py) set by hand
 but for the row's change; deterministic algorithms are off in every row. The first row
 (every pin) must give the committed hashes: 0 runs differ. A row with runs that differ is
 a source of non-identity that its pin removes. Results:
@@ -18,7 +18,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from eebench.pipelines.repro import PINNED_ENV, SWITCH
+from eebench.pipelines.services.repro import PINNED_ENV, SWITCH
 
 OUT = Path(__file__).resolve().parent / "results" / "repro_sources.txt"
 #: Row name → the environment changes (None: unset, so the library picks by this CPU).

@@ -1,6 +1,6 @@
 """What the reproducible CPU mode costs: training and evaluation steps, mode on vs off.
 
-The mode is fixed when a process starts (pipelines/repro.py), so each side is a worker
+The mode is fixed when a process starts (pipelines/services/repro.py), so each side is a worker
 process of its own: `on` (the mode: AVX2 kernels, MKL's AVX2 branch, 1 thread,
 deterministic algorithms) and `off` (EEBENCH_REPRODUCIBLE=0: the kernels torch picks on
 this CPU, 1 thread, as the default Snakemake profile runs every job). The parent drives
@@ -31,7 +31,7 @@ BATCH = {"train": 64, "eval": 256}
 
 def worker(model_name: str) -> None:
     """Answer each line `train` or `eval` on stdin with one timed step's seconds."""
-    from eebench.pipelines.repro import apply_env, configure_torch
+    from eebench.pipelines.services.repro import apply_env, configure_torch
 
     apply_env()
     import torch

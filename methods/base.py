@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eebench.pipelines.errors import number_hint
-from eebench.pipelines.outputs import (
+from eebench.pipelines.evaluation.outputs import (
     MAX_SOFTMAX,
     OWN_SCORE,
     ExitDecision,
     RunOutputs,
     SplitOutputs,
 )
-from eebench.pipelines.registry import Registry
+from eebench.pipelines.services.errors import number_hint
+from eebench.pipelines.services.registry import Registry
 
 
 class HyperparameterError(ValueError):
@@ -181,7 +181,7 @@ class HasHparams:
     table_rows: ClassVar[tuple[TableRows, ...]] = ()
     sweeps: ClassVar[tuple[Sweep, ...]] = ()
     # Bump when a change to the method's file changes its numbers: runs trained with the
-    # old code then no longer pass as current (pipelines/fingerprint.py).
+    # old code then no longer pass as current (pipelines/workflow/fingerprint.py).
     code_version: ClassVar[str] = ""
 
     @classmethod

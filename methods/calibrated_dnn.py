@@ -68,7 +68,7 @@ from eebench.methods.base import (
     PostHocMethod,
     register_posthoc_method,
 )
-from eebench.pipelines.outputs import RunOutputs
+from eebench.pipelines.evaluation.outputs import RunOutputs
 
 log = logging.getLogger(__name__)
 #: Laplace algebra (factors, inverses, Cholesky) in float64; the MC softmaxes, by far the

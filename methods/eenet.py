@@ -107,8 +107,8 @@ from eebench.methods.base import (
     register_exit_rule,
     register_posthoc_method,
 )
-from eebench.pipelines import protocol
-from eebench.pipelines.outputs import OWN_SCORE, ExitDecision, RunOutputs
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.outputs import OWN_SCORE, ExitDecision, RunOutputs
 
 log = logging.getLogger(__name__)
 

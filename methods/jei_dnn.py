@@ -76,14 +76,14 @@ from eebench.methods.base import (
     register_exit_rule,
     register_train_method,
 )
-from eebench.pipelines.outputs import (
+from eebench.pipelines.evaluation.outputs import (
     MAX_SOFTMAX,
     OWN_SCORE,
     ExitDecision,
     RunOutputs,
     SplitOutputs,
 )
-from eebench.pipelines.recipes import cosine
+from eebench.pipelines.training.recipes import cosine
 
 log = logging.getLogger(__name__)
 

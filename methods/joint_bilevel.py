@@ -59,7 +59,7 @@ from eebench.methods.base import (
     per_sample_cross_entropy,
     register_train_method,
 )
-from eebench.pipelines.outputs import OWN_SCORE
+from eebench.pipelines.evaluation.outputs import OWN_SCORE
 
 FEATURES: tuple[str, ...] = ("confidence", "margin", "entropy")
 #: Row order of Table 1: single features, then pairs, then all three (the paper's order).

@@ -75,7 +75,7 @@ from eebench.methods.base import (
     per_sample_cross_entropy,
     register_train_method,
 )
-from eebench.pipelines.protocol import exit_proportions
+from eebench.pipelines.evaluation.protocol import exit_proportions
 
 INPUTS: tuple[str, ...] = ("loss", "conf", "both")
 NORMALIZATIONS: tuple[str, ...] = ("col", "row", "mat")

@@ -13,8 +13,8 @@ from typing import ClassVar
 import numpy as np
 
 from eebench.methods.base import MAX_SOFTMAX, ExitRule, register_exit_rule
-from eebench.pipelines import protocol
-from eebench.pipelines.outputs import OWN_SCORE, ExitDecision, RunOutputs
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.outputs import OWN_SCORE, ExitDecision, RunOutputs
 
 
 def decisions_from_thresholds(

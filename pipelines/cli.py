@@ -30,7 +30,7 @@ def _setup_logging(log_file: Path | None = None) -> None:
 
 
 def _study_paths(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
-    from eebench.pipelines.config import load_study
+    from eebench.pipelines.workflow.config import load_study
 
     study = load_study(args.study)
     root = Path(args.results) if args.results else Path("results") / study["study"]
@@ -45,14 +45,14 @@ def _split_dir(root: Path) -> Path:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
-    from eebench.pipelines.datasets import prepare_dataset
+    from eebench.pipelines.data.datasets import prepare_dataset
 
     print(prepare_dataset(args.name, args.root, args.download))
 
 
 def cmd_flops(args: argparse.Namespace) -> None:
     from eebench.backbones.flops import flops_table
-    from eebench.pipelines.io import write_csv
+    from eebench.pipelines.services.io import write_csv
 
     table = flops_table(tuple(args.classes), configs=args.configs or None)
     if args.out:
@@ -63,8 +63,8 @@ def cmd_flops(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from eebench.pipelines.datasets import get_dataset_info
-    from eebench.pipelines.splits import get_split
+    from eebench.pipelines.data.datasets import get_dataset_info
+    from eebench.pipelines.data.splits import get_split
 
     study, root = _study_paths(args)
     info = get_dataset_info(args.dataset)
@@ -76,7 +76,7 @@ def _run_config(args: argparse.Namespace, timed: bool = False) -> tuple[dict[str
     """(resolved run config, run directory, split directory) from --study/--run or --config;
     the threads of the reproducible mode, or the job's (--threads) for `timed` commands,
     whose timings are not its numbers."""
-    from eebench.pipelines.config import RunSpec, load_run_config, resolve_run
+    from eebench.pipelines.workflow.config import RunSpec, load_run_config, resolve_run
 
     if args.config:
         run = load_run_config(args.config)
@@ -94,11 +94,11 @@ def _run_config(args: argparse.Namespace, timed: bool = False) -> tuple[dict[str
 
 
 def _configure_threads(run: dict[str, Any], threads: int | None, timed: bool) -> None:
-    """The reproducible mode's threads on a CPU (pipelines/repro.py), else the job's."""
+    """The reproducible mode's threads on a CPU (pipelines/services/repro.py), else the job's."""
     import torch
 
-    from eebench.pipelines.repro import configure_torch
-    from eebench.pipelines.runs import resolve_device
+    from eebench.pipelines.services.repro import configure_torch
+    from eebench.pipelines.workflow.runs import resolve_device
 
     if timed:
         if threads:
@@ -108,7 +108,7 @@ def _configure_threads(run: dict[str, Any], threads: int | None, timed: bool) ->
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from eebench.pipelines.train import train_run
+    from eebench.pipelines.training.train import train_run
 
     run, run_dir, split_dir = _run_config(args)
     _setup_logging(run_dir / "train.log")
@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from eebench.pipelines.evaluate import evaluate_run
+    from eebench.pipelines.evaluation.evaluate import evaluate_run
 
     run, run_dir, split_dir = _run_config(args)
     _setup_logging(run_dir / "evaluate.log")
@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from eebench.pipelines.calibrate import calibrate_run
+    from eebench.pipelines.evaluation.calibrate import calibrate_run
 
     run, run_dir, _ = _run_config(args)
     _setup_logging(run_dir / "calibrate.log")
@@ -142,7 +142,12 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
-    from eebench.pipelines.infer import choose_decision, deploy, infer_summary, split_batches
+    from eebench.pipelines.evaluation.infer import (
+        choose_decision,
+        deploy,
+        infer_summary,
+        split_batches,
+    )
 
     _, run_dir, split_dir = _run_config(args, timed=True)
     deployed = deploy(run_dir, args.device)
@@ -152,7 +157,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> None:
-    from eebench.pipelines.infer import LATENCY_FILE, measure_run_latency
+    from eebench.pipelines.evaluation.infer import LATENCY_FILE, measure_run_latency
 
     _, run_dir, split_dir = _run_config(args, timed=True)
     if not args.study:
@@ -166,7 +171,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from eebench.pipelines.tables import build_tables
+    from eebench.pipelines.analysis.tables import build_tables
 
     study, root = _study_paths(args)
     for path in build_tables(study, root):
@@ -174,7 +179,7 @@ def cmd_tables(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from eebench.pipelines.figures import build_figures
+    from eebench.pipelines.analysis.figures import build_figures
 
     study, root = _study_paths(args)
     for path in build_figures(study, root):
@@ -182,7 +187,7 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
 
 def cmd_explorer(args: argparse.Namespace) -> None:
-    from eebench.pipelines.explorer import build_explorer, screenshot
+    from eebench.pipelines.analysis.explorer import build_explorer, screenshot
 
     study, root = _study_paths(args)
     path = build_explorer(study, root)
@@ -200,7 +205,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     nothing to compare or the regeneration failed."""
     from subprocess import CalledProcessError
 
-    from eebench.pipelines.verify import NothingToCompareError, verify
+    from eebench.pipelines.analysis.verify import NothingToCompareError, verify
 
     study, root = _study_paths(args)
     tables_from = Path(args.tables_from) if args.tables_from else None
@@ -229,8 +234,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_repro_check(args: argparse.Namespace) -> int:
     """Exit status 0 when this machine reproduces the committed hashes, 1 otherwise."""
-    from eebench.pipelines.repro import SWITCH, configure_torch, enabled
-    from eebench.pipelines.repro_check import run_check, write_expected
+    from eebench.pipelines.analysis.repro_check import run_check, write_expected
+    from eebench.pipelines.services.repro import SWITCH, configure_torch, enabled
 
     if args.write and not enabled():
         print(
@@ -250,8 +255,8 @@ def cmd_repro_check(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> None:
     from eebench.methods import method_kind
-    from eebench.pipelines.config import check_upstream, expand_runs, resolve_run
-    from eebench.pipelines.fingerprint import fingerprint
+    from eebench.pipelines.workflow.config import check_upstream, expand_runs, resolve_run
+    from eebench.pipelines.workflow.fingerprint import fingerprint
 
     study, root = _study_paths(args)
     check_upstream(study)
@@ -266,7 +271,7 @@ def cmd_check(args: argparse.Namespace) -> None:
 def reproducible_mode_line(device: str) -> str:
     """Whether the reproducible CPU mode applies to a study on `device`, and how to turn it
     off."""
-    from eebench.pipelines.repro import MODE, SWITCH, enabled
+    from eebench.pipelines.services.repro import MODE, SWITCH, enabled
 
     if not enabled():
         return f"reproducible CPU mode: off ({SWITCH}=0): numbers depend on this machine's CPU"
@@ -281,7 +286,7 @@ def reproducible_mode_line(device: str) -> str:
 def cmd_list(args: argparse.Namespace) -> None:
     from eebench.backbones import list_models
     from eebench.methods import EXIT_RULES, POSTHOC_METHODS, TRAIN_METHODS
-    from eebench.pipelines.datasets import DATASETS
+    from eebench.pipelines.data.datasets import DATASETS
     from eebench.recipes import RECIPES
 
     for title, names in [
@@ -451,14 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from eebench.pipelines.repro import apply_env
+    from eebench.pipelines.services.repro import apply_env
 
-    apply_env()  # before torch or NumPy loads (pipelines/repro.py)
+    apply_env()  # before torch or NumPy loads (pipelines/services/repro.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command not in {"train", "evaluate", "calibrate", "latency"}:
         _setup_logging()
-    from eebench.pipelines.errors import user_errors
+    from eebench.pipelines.services.errors import user_errors
 
     try:
         return COMMANDS[args.command][0](args) or 0

@@ -7,7 +7,7 @@ and a `source` that says where its numbers come from.
 
 from __future__ import annotations
 
-from eebench.pipelines.recipes import RECIPES, Recipe
+from eebench.pipelines.training.recipes import RECIPES, Recipe
 
 __all__ = ["RECIPES", "Recipe"]
 

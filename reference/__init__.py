@@ -5,7 +5,7 @@
 - `paper_claims.csv`: shared/reference/paper_claims.csv (claims C1–C16, its columns
   unchanged) plus the columns that say how the suite tests each claim (`compare_runs`,
   `against_runs`, `statistic`, `aggregate`, `expect`, `margin`, `budget_from`, `rule`;
-  docs/protocol.md, "Claims"); `pipelines/claims.py` reads them, never a method's name.
+  docs/protocol.md, "Claims"); `pipelines/analysis/claims.py` reads them, never a method's name.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ tables, figures), with which the extension tests check a throw-away method end t
 # ruff: noqa: E402  (the mode's environment must be set before torch is imported)
 from __future__ import annotations
 
-from eebench.pipelines.repro import apply_env, configure_torch
+from eebench.pipelines.services.repro import apply_env, configure_torch
 
 apply_env()
 
@@ -19,12 +19,12 @@ import pytest
 import torch
 
 from eebench.methods import method_kind
-from eebench.pipelines.calibrate import calibrate_run
-from eebench.pipelines.config import check_study, expand_runs, resolve_run
-from eebench.pipelines.evaluate import evaluate_run
-from eebench.pipelines.figures import build_figures
-from eebench.pipelines.tables import build_tables, read_table
-from eebench.pipelines.train import train_run
+from eebench.pipelines.analysis.figures import build_figures
+from eebench.pipelines.analysis.tables import build_tables, read_table
+from eebench.pipelines.evaluation.calibrate import calibrate_run
+from eebench.pipelines.evaluation.evaluate import evaluate_run
+from eebench.pipelines.training.train import train_run
+from eebench.pipelines.workflow.config import check_study, expand_runs, resolve_run
 
 torch.set_num_threads(1)
 configure_torch("cpu", threads=1)

@@ -16,8 +16,8 @@ import torch
 
 from eebench.methods import EXIT_RULES, POSTHOC_METHODS, ExitOutput, ExitRule, PostHocMethod
 from eebench.methods.base import Display, Memory
-from eebench.pipelines import protocol
-from eebench.pipelines.outputs import (
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.outputs import (
     OWN_SCORE,
     ExitDecision,
     RunOutputs,

@@ -16,9 +16,9 @@ import torch
 from eebench.methods import TRAIN_METHODS, ExitOutput, register_train_method
 from eebench.methods.base import TRAIN_FIGURES, Display, Memory
 from eebench.methods.standard import Standard
-from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines.outputs import read_outputs
-from eebench.pipelines.runs import build_method, make_loaders
+from eebench.pipelines.evaluation.outputs import read_outputs
+from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.workflow.runs import build_method, make_loaders
 
 
 class SummedHeads(Standard):

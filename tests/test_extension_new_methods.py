@@ -123,7 +123,7 @@ def test_every_run_is_in_every_figure_of_its_kind(checkout: Checkout) -> None:
 def test_labels_and_colours_are_distinct(checkout: Checkout) -> None:
     script = (
         "import json, sys; from pathlib import Path; import yaml\n"
-        "from eebench.pipelines.figures.common import STUDY_STYLES, load_tables\n"
+        "from eebench.pipelines.analysis.figures.common import STUDY_STYLES, load_tables\n"
         "load_tables(yaml.safe_load(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))\n"
         "print(json.dumps([[d.label, d.color] for d in STUDY_STYLES.values()]))"
     )

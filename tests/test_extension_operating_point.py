@@ -28,7 +28,7 @@ from eebench.methods.base import (
 )
 from eebench.methods.inference import max_softmax
 from eebench.methods.standard import Standard
-from eebench.pipelines.outputs import (
+from eebench.pipelines.evaluation.outputs import (
     OWN_SCORE,
     ExitDecision,
     RunOutputs,

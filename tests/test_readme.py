@@ -11,8 +11,8 @@ import torch
 
 from eebench.methods import EXIT_RULES, POSTHOC_METHODS, TRAIN_METHODS
 from eebench.methods.inference import replay
-from eebench.pipelines.config import check_study, expand_runs, resolve_run
-from eebench.pipelines.outputs import RunOutputs, SplitOutputs
+from eebench.pipelines.evaluation.outputs import RunOutputs, SplitOutputs
+from eebench.pipelines.workflow.config import check_study, expand_runs, resolve_run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

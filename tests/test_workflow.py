@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from eebench.methods import method_kind
-from eebench.pipelines.config import expand_runs, load_study
+from eebench.pipelines.workflow.config import expand_runs, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 

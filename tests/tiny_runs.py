@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines.io import write_yaml
-from eebench.pipelines.train import train_run
+from eebench.pipelines.services.io import write_yaml
+from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.training.train import train_run
 from eebench.recipes import RECIPES
 
 #: 4 classes of 28×28 images: msdnet_fmnist trains an epoch on them in about a second.

@@ -22,7 +22,7 @@ from eebench.backbones import (
     ranet,
 )
 from eebench.methods.inference import concat_states
-from eebench.pipelines.registry import UnknownNameError
+from eebench.pipelines.services.registry import UnknownNameError
 
 # The project spec (shared/spec/backbones.md §1): head input width c_k per exit
 HEAD_IN_CHANNELS = {

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from eebench.methods.base import ExitOutput, Memory, PostHocMethod, register_posthoc_method
-from eebench.pipelines.outputs import RunOutputs
+from eebench.pipelines.evaluation.outputs import RunOutputs
 
 
 @register_posthoc_method

@@ -22,12 +22,12 @@ from eebench.methods import POSTHOC_METHODS, TRAIN_METHODS, HyperparameterError,
 from eebench.methods.base import TRAIN_FIGURES
 from eebench.methods.boostnet import BoostNet, reweights, training_inputs
 from eebench.methods.inference import ExitByExit, replay
-from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines import protocol
-from eebench.pipelines.evaluate import evaluate_run
-from eebench.pipelines.outputs import read_outputs
-from eebench.pipelines.runs import build_method, make_loaders
-from eebench.pipelines.train import train_run
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.evaluate import evaluate_run
+from eebench.pipelines.evaluation.outputs import read_outputs
+from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.training.train import train_run
+from eebench.pipelines.workflow.runs import build_method, make_loaders
 from tests.tiny_runs import SYNTHETIC, reference_and_killed, tiny_run, train_subprocess
 
 MakeMethod = Callable[..., tuple[Any, Any]]

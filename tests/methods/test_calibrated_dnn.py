@@ -33,11 +33,16 @@ from eebench.methods.calibrated_dnn import (
     running_average,
 )
 from eebench.methods.inference import ExitByExit, RecordedExits
-from eebench.pipelines import protocol
-from eebench.pipelines.calibrate import apply_posthoc
-from eebench.pipelines.outputs import RunOutputs, SplitOutputs, read_decisions, read_outputs
-from eebench.pipelines.reliability import nll
-from eebench.pipelines.tables import read_table
+from eebench.pipelines.analysis.tables import read_table
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.calibrate import apply_posthoc
+from eebench.pipelines.evaluation.outputs import (
+    RunOutputs,
+    SplitOutputs,
+    read_decisions,
+    read_outputs,
+)
+from eebench.pipelines.evaluation.reliability import nll
 
 F64 = torch.float64
 

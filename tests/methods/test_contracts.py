@@ -35,11 +35,16 @@ from eebench.methods.base import (
 )
 from eebench.methods.inference import replay
 from eebench.methods.standard import Standard
-from eebench.pipelines.config import RunSpec, check_study, resolve_run
-from eebench.pipelines.evaluate import fit_decisions
-from eebench.pipelines.figures.common import distinct_styles, left_out_note
-from eebench.pipelines.fingerprint import differences, exit_rules_code, fingerprint, hashed_config
-from eebench.pipelines.outputs import ExitDecision, RunOutputs, SplitOutputs
+from eebench.pipelines.analysis.figures.common import distinct_styles, left_out_note
+from eebench.pipelines.evaluation.evaluate import fit_decisions
+from eebench.pipelines.evaluation.outputs import ExitDecision, RunOutputs, SplitOutputs
+from eebench.pipelines.workflow.config import RunSpec, check_study, resolve_run
+from eebench.pipelines.workflow.fingerprint import (
+    differences,
+    exit_rules_code,
+    fingerprint,
+    hashed_config,
+)
 
 EXAMPLES = Path(__file__).parents[1] / "extension_examples"
 K, C = 3, 4

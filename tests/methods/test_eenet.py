@@ -44,10 +44,10 @@ from eebench.methods.eenet import (
     score_name,
     train_bank,
 )
-from eebench.pipelines import protocol
-from eebench.pipelines.calibrate import apply_posthoc
-from eebench.pipelines.evaluate import budgeted_rows, fit_decisions, run_costs
-from eebench.pipelines.outputs import (
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.calibrate import apply_posthoc
+from eebench.pipelines.evaluation.evaluate import budgeted_rows, fit_decisions, run_costs
+from eebench.pipelines.evaluation.outputs import (
     OWN_SCORE,
     RunOutputs,
     SplitOutputs,

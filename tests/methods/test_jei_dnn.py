@@ -30,17 +30,17 @@ from eebench.methods.jei_dnn import (
     pos_weights,
     warmup_loss,
 )
-from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines import protocol
-from eebench.pipelines.config import RunSpec, check_study, resolve_run, upstream_runs
-from eebench.pipelines.outputs import (
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.outputs import (
     OWN_SCORE,
     RunOutputs,
     SplitOutputs,
     read_decisions,
     read_outputs,
 )
-from eebench.pipelines.train import train_run
+from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.training.train import train_run
+from eebench.pipelines.workflow.config import RunSpec, check_study, resolve_run, upstream_runs
 from tests.methods.conftest import FakeEngine, TinyConvExits, exit_scores, make_batch
 from tests.tiny_runs import reference_and_killed, tiny_run, train_subprocess
 

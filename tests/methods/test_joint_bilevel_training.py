@@ -1,5 +1,6 @@
-"""`joint_bilevel` under the real Trainer and Engine (pipelines/train.py, pipelines/engine.py):
-the φ optimizer's family and schedule, and the `frozen` variant trained on a `standard` run.
+"""`joint_bilevel` under the real Trainer and Engine (pipelines/training/train.py,
+pipelines/training/engine.py): the φ optimizer's family and schedule, and the `frozen` variant
+trained on a `standard` run.
 
 Expected values are written out here (the optimizer classes and settings, the warm-up and
 cosine formulas with math.cos), not taken from `make_optimizer`, `lr_at` or `cosine`.
@@ -15,8 +16,8 @@ import pytest
 import torch
 
 from eebench.methods.joint_bilevel import JointBilevel
-from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines.train import Trainer, train_run
+from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.training.train import Trainer, train_run
 from tests.tiny_runs import tiny_run
 
 #: 4 classes on 28×28 images: msdnet_fmnist trains one epoch of 4 batches in about a second.

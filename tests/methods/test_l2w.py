@@ -34,9 +34,9 @@ from eebench.methods.l2w import (
     virtual_step,
     weighted_loss,
 )
-from eebench.pipelines import checkpoint as ckpt
-from eebench.pipelines import protocol
-from eebench.pipelines.train import Trainer, train_run
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.training.train import Trainer, train_run
 from tests.tiny_runs import reference_and_killed, tiny_run, train_subprocess
 
 MakeMethod = Callable[..., tuple[Any, Any]]

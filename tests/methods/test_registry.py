@@ -25,11 +25,11 @@ from eebench.methods import (
     method_kind,
 )
 from eebench.methods.base import MAX_SOFTMAX
-from eebench.pipelines import protocol
-from eebench.pipelines.calibrate import calibrate_run
-from eebench.pipelines.evaluate import fit_decisions, run_curves
-from eebench.pipelines.io import read_yaml
-from eebench.pipelines.outputs import (
+from eebench.pipelines.analysis.tables import read_table
+from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.calibrate import calibrate_run
+from eebench.pipelines.evaluation.evaluate import fit_decisions, run_curves
+from eebench.pipelines.evaluation.outputs import (
     ExitDecision,
     RunOutputs,
     SplitOutputs,
@@ -37,8 +37,8 @@ from eebench.pipelines.outputs import (
     read_outputs,
     write_outputs,
 )
-from eebench.pipelines.registry import UnknownNameError
-from eebench.pipelines.tables import read_table
+from eebench.pipelines.services.io import read_yaml
+from eebench.pipelines.services.registry import UnknownNameError
 from eebench.recipes import RECIPES
 
 FAMILIES = ("cifar", "imagenet", "fmnist", "synthetic")
@@ -138,7 +138,7 @@ def test_extra_mflops_are_per_exit_and_name_a_score_or_predict(
 
 @pytest.mark.parametrize("name", [*TRAIN_METHODS.names(), *POSTHOC_METHODS.names()])
 def test_every_display_names_registered_figures_and_rules(name: str) -> None:
-    from eebench.pipelines.figures import FIGURE_NAMES
+    from eebench.pipelines.analysis.figures import FIGURE_NAMES
 
     cls = method_class(name)
     for variant in ("", *cls.variants):

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eebench.pipelines.config import RunSpec, check_study, expand_runs, resolve_run
-from eebench.pipelines.io import write_csv, write_yaml
-from eebench.pipelines.protocol import P_VALUES
+from eebench.pipelines.evaluation.protocol import P_VALUES
+from eebench.pipelines.services.io import write_csv, write_yaml
+from eebench.pipelines.workflow.config import RunSpec, check_study, expand_runs, resolve_run
 
 #: Cumulative MFLOPs per exit of the fake backbones.
 FLOPS = {"msdnet_cifar": [10.0, 30.0, 60.0, 100.0, 137.0], "ranet_cifar": [15.0, 40.0, 80.0, 120.0]}

@@ -13,7 +13,7 @@ from snakemake.exceptions import WorkflowError
 
 from eebench.methods import method_kind
 from eebench.methods.base import MethodContractError
-from eebench.pipelines.config import (
+from eebench.pipelines.workflow.config import (
     ConfigError,
     RunSpec,
     check_study,
@@ -22,10 +22,10 @@ from eebench.pipelines.config import (
     resolve_run,
     upstream_runs,
 )
-from eebench.pipelines.fingerprint import exit_rules_code, fingerprint
-from eebench.pipelines.splits import split_path
-from eebench.pipelines.datasets import get_dataset_info
-from eebench.pipelines.io import read_yaml
+from eebench.pipelines.workflow.fingerprint import exit_rules_code, fingerprint
+from eebench.pipelines.data.splits import split_path
+from eebench.pipelines.data.datasets import get_dataset_info
+from eebench.pipelines.services.io import read_yaml
 
 DEFAULT_STUDY = Path(workflow.basedir) / "config" / "default.yaml"
 STUDY_SCHEMA = Path(workflow.basedir) / "pipelines" / "schemas" / "study.schema.yaml"

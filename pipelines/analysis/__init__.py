@@ -1,0 +1,1 @@
+"""Analysis: tables, statistics, the paper's claims, figures and verify."""

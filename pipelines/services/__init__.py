@@ -1,0 +1,1 @@
+"""Shared services: atomic I/O, run locks, one-line errors, registries."""

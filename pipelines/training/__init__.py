@@ -1,0 +1,1 @@
+"""Training: the trainer, its step engine, distributed ranks, checkpoints, recipes."""

@@ -1,0 +1,2 @@
+"""Workflow glue: the study config and its schemas, the runs it expands to, their
+fingerprints."""
