@@ -6,7 +6,7 @@ synthetic 28×28, 10-class set of the same size, when the files are not installe
 64, the `fmnist` recipe (SGD 0.1, cosine; epochs set long enough that the schedule barely
 moves), on the CPU with `--threads` (default 1) torch threads. Each method gets its own
 `Trainer` (the training loop, with its `Engine`: optimizers, schedules, finite-loss checks)
-built from a run config as `tests/pipelines/test_train.py::make_run` builds one, and the
+built from a run config as `tests/pipelines/training/test_train.py::make_run` builds one, and the
 timed unit is the Trainer's training loop over one epoch (`Trainer._train_epoch`: batches,
 augmentation, learning rates, `method.training_step`, the epoch meter). Validation and
 checkpoints are not timed: they cost both methods the same.

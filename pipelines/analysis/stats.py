@@ -8,7 +8,7 @@
   test images' variance added (`seed_image_se`, `half_width`, `one_sided_p`):
   a percentile bootstrap over 3 seeds repeats one seed in 1 draw of 27, so its interval is
   about [lowest seed, highest seed] and covers ~86% instead of 95% (simulated in
-  tests/pipelines/test_stats.py). The cost ratios' image variance comes from
+  tests/pipelines/analysis/test_stats.py). The cost ratios' image variance comes from
   `normal_draws` (a parametric bootstrap of the images, RESAMPLES draws, fixed seed).
 """
 

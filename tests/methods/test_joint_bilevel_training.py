@@ -27,7 +27,7 @@ PHI_LR, PHI_MIN_LR, PHI_WD = 3e-3, 2e-4, 5e-4  # not the defaults, so a default 
 
 
 def make_run(method: str = "standard", **overrides: Any) -> dict[str, Any]:
-    """A tiny synthetic run config (the pattern of tests/pipelines/test_train.py)."""
+    """A tiny synthetic run config (the pattern of tests/pipelines/training/test_train.py)."""
     hparams = {}
     if method == "joint_bilevel":
         hparams = JointBilevel.resolve_hparams(

@@ -28,7 +28,7 @@ from eebench.pipelines.data.datasets import get_dataset_info
 from eebench.pipelines.services.io import read_yaml
 
 DEFAULT_STUDY = Path(workflow.basedir) / "config" / "default.yaml"
-STUDY_SCHEMA = Path(workflow.basedir) / "pipelines" / "schemas" / "study.schema.yaml"
+STUDY_SCHEMA = Path(workflow.basedir) / "pipelines" / "workflow" / "schemas" / "study.schema.yaml"
 
 
 def study_file() -> Path:
