@@ -16,11 +16,10 @@ gives exit proportions π̄ = mean π over val; thresholds on the unclamped s_k 
 π̄ by the protocol's sequential rule (§0); a sample leaves at the first k with s_k ≥ T_k.
 
 One fit per budget, `num_budgets` budgets evenly spaced over [C_1, C_K]: the exit rule
-`eenet_budget` gives one `ExitDecision` per budget (point j = 1 … J, q = NaN), each on its
-budget's own score `eenet_score_bJJ`. Exit rules see only a run's outputs, so the exits
-also emit each budget's assignment output r_k (`eenet_assign_bJJ`, never a decision's
-score, so never costed): the rule re-derives π̄ and the thresholds from the val outputs
-with `budget_thresholds`, the function the fit selects restarts with.
+`eenet_budget` (methods/eenet_budget.py) gives one `ExitDecision` per budget (point j =
+1 … J, q = NaN), each on its budget's own score `eenet_score_bJJ`. The exits also emit each
+budget's assignment output r_k (`eenet_assign_bJJ`, never a decision's score, so never
+costed), from which the rule re-derives π̄ and the thresholds with `budget_thresholds`.
 
 Released-code bugs (§4) and how this file treats them:
 1. compute_loss returns the undefined `ce_loss`: `objective_terms` returns the KL term.
@@ -42,40 +41,20 @@ Released-code bugs (§4) and how this file treats them:
 8. Earlier scores enter later exits clamped+detached in training but unclamped at test:
    clamped in both (`exit_output` keeps the clamped scores in the exit memory).
 
-Paper/code vs this file:
-- Costs are the run's cumulative MFLOPs C_k (`outputs.flops`) and budgets are MFLOPs, not
-  measured latencies (seconds.csv).
+Paper/code vs this file: docs/deviations.md ("EENet") tabulates the rest (MFLOPs for
+latencies, one seeded permutation, one Adam per phase, the best epoch by the full objective,
+the closest restart when none is within tolerance, the §0 thresholds). What the code here
+also needs to say:
 - All budgets and restarts train together as a bank of independent models (batched
-  parameters): Adam is elementwise, so each model's updates are its own; they share one
-  seeded fixed permutation of val (the code draws one unseeded permutation per fit).
-- Alternating phases step only the active block (score functions / assignment MLPs), each
-  with its own Adam; the code's single Adam still moves the idle block by momentum and
-  weight decay.
-- The best epoch minimises the full objective L_bce + α_ce L_kl + α_cost L_cost (epoch
-  mean); the code compares phase-masked losses, whose scales differ between phases.
-  Patience counts only epochs with L_cost < 0.1, as in the code; a model that never gets
-  there keeps its last epoch (the code's fallback).
-- No restart within 10% of the budget: the one whose implied cost Σ_k π̄_k C_k is
-  closest (the code keeps the last restart).
+  parameters): Adam is elementwise, so each model's updates are its own.
+- Patience counts only epochs with L_cost < `cost_gate`, as in the code; a model that never
+  gets there keeps its last epoch (the code's fallback).
 - τ of a sample whose clamped scores are all 0 is uniform (the code divides 0 by 0);
   p log p at p = 0 is 0 (xlogy; the code gets NaN).
-- Thresholds by the protocol's §0 rule: T_k = +∞ when π̄ leaves no sample to exit k, and
-  every remaining sample at T_k exits (the code uses T_k = 1 and takes exactly n_k).
-- Two released choices that stop the policy from following its budget once bug 3 is
-  fixed are off by default (`bounded_assignment`, `weight_decay`; the variant `released`
-  restores both):
-  * the final σ of the assignment MLP keeps r in (0, 1), so π never peaks and π̄ cannot
-    reach budgets near C_1 or C_K (π_k lies in [1/(1 + (K−1)e), e/(e + K − 1)]: with K = 7
-    exits [0.06, 0.31]; with K = 4, [0.11, 0.48]): here r is the MLP's linear output;
-  * Adam's L2 weight decay 1e-2 outweighs the α-weighted assignment gradients at lr 3e-5,
-    so π̄ stays near uniform; in the released code the never-zeroed gradients (bug 3) grow
-    with every step and leave the decay negligible, so 0 is the closer reading.
-  The default variant is therefore labelled "EENet (unbounded assignment)"; `released`
-  ("EENet (released, bounded assignment)") runs beside it in the studies, and both are
-  drawn in Fig. 4. Committed default-study log (MSDNet, seed 0, 2 restarts, 6 budgets
-  2.56 … 12.36 MFLOPs), default variant: implied costs 3.93, 4.62, 6.48, 8.44, 9.47, 10.17
-  (the end budgets, which need every sample at one exit, missed by > 10%); the released
-  variant's are in its run's `fit.json` and calibrate.log (docs/deviations.md).
+- `bounded_assignment` and `weight_decay` are off by default: with bug 3 fixed, the final σ
+  of the assignment MLP (π_k confined to [1/(1 + (K−1)e), e/(e + K − 1)]) and Adam's L2
+  decay 1e-2 keep π̄ from following the budget. The variant `released` restores both; both
+  run in the studies and are drawn in Fig. 4.
 - `extra_mflops` counts the score function's linear map (C + 2 + k multiply-adds at exit
   k < K), not the softmax/max/entropy features it reads (like joint_bilevel's gater); the
   last exit's score is computed but never read (T_K = −∞), so it costs nothing.
@@ -100,15 +79,13 @@ from eebench.methods.base import (
     POSTHOC_FIGURES,
     Display,
     ExitOutput,
-    ExitRule,
     HyperparameterError,
     Memory,
     PostHocMethod,
-    register_exit_rule,
     register_posthoc_method,
 )
 from eebench.pipelines.evaluation import protocol
-from eebench.pipelines.evaluation.outputs import OWN_SCORE, ExitDecision, RunOutputs
+from eebench.pipelines.evaluation.outputs import OWN_SCORE, RunOutputs
 
 log = logging.getLogger(__name__)
 
@@ -507,12 +484,6 @@ def budget_thresholds(scores: np.ndarray, assign: np.ndarray) -> tuple[np.ndarra
     return proportions, protocol.fit_thresholds(scores, proportions[None])[0]
 
 
-def thresholded_top1(scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray) -> float:
-    """Top-1 (percent) of exiting at the first k with s_k ≥ T_k (scores, correct: K × N)."""
-    exits = protocol.assign_exits(scores, thresholds[None])[0]
-    return float(100.0 * correct[exits, np.arange(correct.shape[1])].mean())
-
-
 def choose_restart(
     top1: Sequence[float], implied: Sequence[float], budget: float, tolerance: float
 ) -> int:
@@ -724,7 +695,8 @@ class EENet(PostHocMethod):
             top1, implied = [], []
             for i in candidates:
                 proportions, thresholds = budget_thresholds(raw[i], assign[i])
-                top1.append(thresholded_top1(raw[i], correct, thresholds))
+                rows = protocol.thresholded_rows(raw[i], correct, flops, thresholds[None])
+                top1.append(float(rows.top1.iloc[0]))
                 implied.append(float(proportions @ flops))
             pick = choose_restart(top1, implied, budget, tolerance)
             met = abs(implied[pick] - budget) / budget < tolerance
@@ -807,29 +779,3 @@ class EENet(PostHocMethod):
 def buffer_name(field: str, k: int) -> str:
     """The buffer of one ExitParams field at exit k, e.g. `w1_2`."""
     return f"{field}_{k}"
-
-
-# --------------------------------------------------------------------------- exit rule
-
-
-@register_exit_rule
-class EENetBudgetRule(ExitRule):
-    """One decision per fitted budget j (point j): thresholds on `eenet_score_bJJ` from the
-    exit proportions π̄ of its assignment outputs on val, by the §0 sequential rule."""
-
-    name: ClassVar[str] = RULE
-    score: ClassVar[str] = SCORE_PREFIX  # each decision reads its own budget's score
-    legend_suffix: ClassVar[str] = " (budget fits)"
-
-    def applies_to(self, outputs: RunOutputs) -> bool:
-        return bool(budget_indices(list(outputs.val.scores)))
-
-    def fit(self, outputs: RunOutputs) -> list[ExitDecision]:
-        decisions = []
-        for j in budget_indices(list(outputs.val.scores)):
-            scores = outputs.val.score(score_name(j))
-            _, thresholds = budget_thresholds(scores, outputs.val.score(assign_name(j)))
-            decisions.append(
-                ExitDecision(RULE, j, math.nan, score_name(j), tuple(map(float, thresholds)))
-            )
-        return decisions

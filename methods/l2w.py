@@ -34,8 +34,8 @@ tools/meta.py, models/weight_predict.py):
   * Exits of the meta loss: the budgeted protocol (shared/spec/protocol.md, step 2) on the
     meta half, so samples that tie at a threshold all leave, as in evaluation; the code
     takes exactly floor(n·q_k) samples in sort order. Identical unless confidences tie.
-  * Target proportions in float64 (pipelines.protocol) vs the code's float32, so floor(n·q_k)
-    could differ at an exact boundary.
+  * Target proportions in float64 (`protocol.exit_counts`) vs the code's float32, so
+    floor(n·q_k) could differ at an exact boundary.
   * Soft targets (Mixup/CutMix, label smoothing) in every CE; the code has hard labels.
     Under Mixup/CutMix each half is mixed on its own (`held_out_half`): timm's batch mode
     pairs sample i with B−1−i, so mixing the whole batch would put a train-half image in
@@ -53,10 +53,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
@@ -75,7 +73,9 @@ from eebench.methods.base import (
     per_sample_cross_entropy,
     register_train_method,
 )
-from eebench.pipelines.evaluation.protocol import exit_proportions
+from eebench.pipelines.evaluation.protocol import exit_counts, exit_proportions
+from eebench.pipelines.training.budgeted import budgeted_exits, budgeted_loss
+from eebench.pipelines.training.virtual_step import virtual_step
 
 INPUTS: tuple[str, ...] = ("loss", "conf", "both")
 NORMALIZATIONS: tuple[str, ...] = ("col", "row", "mat")
@@ -152,145 +152,6 @@ class WeightNet(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Weights B×K from WPN inputs B×K (or B×2K)."""
         return 1.0 + self.epsilon * centred(self.mlp(inputs), self.normalization)
-
-
-# --------------------------------------------------------------------------- budgeted exits
-
-
-def exit_counts(n: int, proportions: np.ndarray) -> list[int]:
-    """n_k = floor(n·prop_k), with the float64 operations of `protocol.fit_thresholds`."""
-    return np.floor(n * np.asarray(proportions, dtype=np.float64)).astype(np.int64).tolist()
-
-
-def budgeted_exits(conf: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-    """Exit index (B,) of each sample under the budgeted protocol fitted on these scores.
-
-    shared/spec/protocol.md step 2 on the batch itself: for k < K−1 the threshold T_k is
-    the n_k-th largest score among samples not yet assigned (+inf when n_k = 0 or fewer
-    remain) and every such sample with conf_k ≥ T_k leaves at k (ties all go); the rest
-    leave at the last exit. On the device, without a host sync.
-    """
-    batch, num_exits = conf.shape
-    remaining = torch.ones(batch, dtype=torch.bool, device=conf.device)
-    exits = torch.full((batch,), num_exits - 1, dtype=torch.long, device=conf.device)
-    for k in range(num_exits - 1):
-        n_k = int(counts[k])
-        if n_k == 0:
-            continue
-        ranked = torch.where(remaining, conf[:, k], -torch.inf)
-        nth = ranked.topk(n_k).values[n_k - 1]
-        threshold = torch.where(remaining.sum() >= n_k, nth, torch.inf)
-        leave = remaining & (conf[:, k] >= threshold)
-        exits = exits.masked_fill(leave, k)
-        remaining = remaining & ~leave
-    return exits
-
-
-def budgeted_loss(ce: torch.Tensor, exits: torch.Tensor) -> torch.Tensor:
-    """Σ_k mean CE over the samples assigned to exit k; exits without samples add nothing
-    (the code skips them). `where`, not a product, so that an unselected CE never matters."""
-    chosen = exits[:, None] == torch.arange(ce.shape[1], device=ce.device)
-    totals = torch.where(chosen, ce, torch.zeros_like(ce)).sum(dim=0)
-    return (totals / chosen.sum(dim=0).clamp(min=1)).sum()
-
-
-# --------------------------------------------------------------------------- virtual step
-
-
-def _number(value: float | torch.Tensor) -> float:
-    return float(value) if isinstance(value, torch.Tensor) else value
-
-
-def _unsupported(group: dict[str, Any], flags: Sequence[str], name: str) -> None:
-    for flag in flags:
-        if group.get(flag):
-            raise ValueError(f"l2w: the virtual step does not mirror {name}({flag}=True)")
-
-
-def _sgd_step(
-    theta: torch.Tensor, grad: torch.Tensor, group: dict[str, Any], state: dict[str, Any]
-) -> torch.Tensor:
-    """torch.optim.SGD's update, op for op, differentiable in `grad`; the state is read only
-    (the first step, without a momentum buffer, takes the buffer = the gradient)."""
-    _unsupported(group, ("maximize",), "SGD")
-    weight_decay, momentum = group["weight_decay"], group["momentum"]
-    d = grad.add(theta, alpha=weight_decay) if weight_decay != 0 else grad
-    if momentum != 0:
-        buffer = state.get("momentum_buffer")
-        undamped = 1 - group["dampening"]
-        buffer = d if buffer is None else buffer.mul(momentum).add(d, alpha=undamped)
-        d = d.add(buffer, alpha=momentum) if group["nesterov"] else buffer
-    return theta.add(d, alpha=-_number(group["lr"]))
-
-
-def _safe_sqrt(v: torch.Tensor) -> torch.Tensor:
-    """√v whose gradient is 0, not NaN, where v = 0 (a zero gradient on a fresh state)."""
-    positive = v > 0
-    root = torch.where(positive, v, torch.ones_like(v)).sqrt()
-    return torch.where(positive, root, torch.zeros_like(v))
-
-
-def _adam_step(
-    theta: torch.Tensor,
-    grad: torch.Tensor,
-    group: dict[str, Any],
-    state: dict[str, Any],
-    *,
-    decoupled_default: bool,
-) -> torch.Tensor:
-    """torch.optim.Adam/AdamW's update (single-tensor path), differentiable in `grad`;
-    decoupled weight decay for AdamW, L2 for Adam (the group's flag when it has one)."""
-    _unsupported(group, ("maximize", "amsgrad"), "Adam")
-    lr, weight_decay = _number(group["lr"]), group["weight_decay"]
-    beta1, beta2 = (_number(b) for b in group["betas"])
-    step = _number(state["step"]) + 1 if "step" in state else 1
-    if weight_decay != 0 and group.get("decoupled_weight_decay", decoupled_default):
-        theta = theta.mul(1 - lr * weight_decay)
-    elif weight_decay != 0:
-        grad = grad.add(theta, alpha=weight_decay)
-    if "exp_avg" in state:
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    else:
-        exp_avg = exp_avg_sq = torch.zeros_like(theta)
-    exp_avg = exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = exp_avg_sq.mul(beta2).addcmul(grad, grad, value=1 - beta2)
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    denom = (_safe_sqrt(exp_avg_sq) / bias_correction2_sqrt).add(group["eps"])
-    return theta.addcdiv(exp_avg, denom, value=-lr / (1 - beta1**step))
-
-
-Update = Callable[[torch.Tensor, torch.Tensor, dict[str, Any], dict[str, Any]], torch.Tensor]
-
-
-def _update_of(optimizer: torch.optim.Optimizer) -> Update:
-    """The differentiable update of the optimizer's family (the engine builds SGD or AdamW)."""
-    if isinstance(optimizer, torch.optim.SGD):
-        return _sgd_step
-    if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
-        decoupled = isinstance(optimizer, torch.optim.AdamW)
-        return partial(_adam_step, decoupled_default=decoupled)
-    raise ValueError(f"l2w: no virtual step for {type(optimizer).__name__}; use SGD or AdamW")
-
-
-def virtual_step(
-    optimizer: torch.optim.Optimizer,
-    params: Sequence[nn.Parameter],
-    grads: Sequence[torch.Tensor | None],
-) -> list[torch.Tensor]:
-    """θ′ = what `optimizer.step()` would make of `params` given `grads`, as tensors that
-    depend on the grads' graph (spec §2 step 4). θ itself enters as a constant; the
-    optimizer's lr, groups and state are read, never written. A parameter without a
-    gradient, or outside the optimizer, stays as it is (the real step skips it)."""
-    update = _update_of(optimizer)
-    groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-    updated = []
-    for p, g in zip(params, grads, strict=True):
-        theta = p.detach()
-        if g is None or id(p) not in groups:
-            updated.append(theta)
-        else:
-            updated.append(update(theta, g, groups[id(p)], optimizer.state.get(p, {})))
-    return updated
 
 
 # --------------------------------------------------------------------------- method

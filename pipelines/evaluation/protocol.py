@@ -93,6 +93,12 @@ def _check_proportions(proportions: np.ndarray, num_exits: int) -> np.ndarray:
     return props
 
 
+def exit_counts(n: int, proportions: np.ndarray) -> np.ndarray:
+    """n_k = floor(n·prop_k) samples per exit (any shape of proportions), in float64: the
+    same float operations as `fit_thresholds_reference`, so every fit agrees on them."""
+    return np.floor(n * np.asarray(proportions, dtype=np.float64)).astype(np.int64)
+
+
 def fit_thresholds(val_scores: np.ndarray, proportions: np.ndarray) -> np.ndarray:
     """Per-exit thresholds (P, K) fitted on val scores (K×N) for each row of proportions (P, K).
 
@@ -107,7 +113,7 @@ def fit_thresholds(val_scores: np.ndarray, proportions: np.ndarray) -> np.ndarra
     scores = _check_scores(val_scores)
     num_exits, n = scores.shape
     props = _check_proportions(proportions, num_exits)
-    counts = np.floor(n * props).astype(np.int64)  # n_k per budget, same float ops as the loop
+    counts = exit_counts(n, props)  # n_k per budget
     thresholds = np.full(props.shape, np.inf)
     thresholds[:, -1] = -np.inf
     remaining = np.ones((props.shape[0], n), dtype=bool)

@@ -27,7 +27,6 @@ from eebench.methods.eenet import (
     BankResult,
     Data,
     EENet,
-    EENetBudgetRule,
     ExitParams,
     ModelBank,
     Settings,
@@ -44,6 +43,7 @@ from eebench.methods.eenet import (
     score_name,
     train_bank,
 )
+from eebench.methods.eenet_budget import EENetBudgetRule
 from eebench.pipelines.evaluation import protocol
 from eebench.pipelines.evaluation.calibrate import apply_posthoc
 from eebench.pipelines.evaluation.evaluate import budgeted_rows, fit_decisions, run_costs

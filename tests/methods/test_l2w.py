@@ -1,7 +1,8 @@
 """`l2w` (methods/l2w.py): the second-order meta-gradient against finite differences, the
-virtual step against the real optimisers, the meta loss's exits against the budgeted
-protocol, a meta step that leaves the real model untouched, and real training runs
-(SIGKILL and resume, train_log columns) under the Trainer.
+target proportions, a meta step that leaves the real model untouched, and real training
+runs (SIGKILL and resume, train_log columns) under the Trainer. Its generic pieces are
+tested with their modules: tests/pipelines/training/test_virtual_step.py and
+test_budgeted.py.
 
 Expected values are computed here independently: torch.optim's own step, the protocol's
 loop definition (`fit_thresholds_reference`), exits worked out by hand.
@@ -9,7 +10,6 @@ loop definition (`fit_thresholds_reference`), exits worked out by hand.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,17 +26,17 @@ from eebench.methods import HyperparameterError
 from eebench.methods.l2w import (
     L2W,
     WeightNet,
-    budgeted_exits,
-    budgeted_loss,
     exit_confidences,
-    exit_counts,
     exit_losses,
-    virtual_step,
     weighted_loss,
 )
 from eebench.pipelines.evaluation import protocol
+from eebench.pipelines.evaluation.protocol import exit_counts
 from eebench.pipelines.training import checkpoint as ckpt
+from eebench.pipelines.training.budgeted import budgeted_exits, budgeted_loss
 from eebench.pipelines.training.train import Trainer, train_run
+from eebench.pipelines.training.virtual_step import virtual_step
+from tests.pipelines.training.test_virtual_step import OPTIMIZERS
 from tests.tiny_runs import reference_and_killed, tiny_run, train_subprocess
 
 MakeMethod = Callable[..., tuple[Any, Any]]
@@ -172,132 +172,6 @@ def test_meta_gradient_equals_the_double_backward(
     rtol = 1e-5 if soft else 1e-9
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=rtol, atol=rtol * 1e-3 * float(e.abs().max()))
-
-
-# --------------------------------------------------------------------------- virtual step
-
-
-OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] = {
-    "sgd": lambda g: torch.optim.SGD(g, lr=0.3, momentum=0.9, weight_decay=1e-4),
-    "sgd_nesterov": lambda g: torch.optim.SGD(
-        g, lr=0.3, momentum=0.9, nesterov=True, weight_decay=5e-4
-    ),
-    "sgd_dampening": lambda g: torch.optim.SGD(
-        g, lr=0.3, momentum=0.8, dampening=0.3, weight_decay=1e-4
-    ),
-    "sgd_no_momentum": lambda g: torch.optim.SGD(g, lr=0.3, weight_decay=1e-4),
-    "adamw": lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=0.05, eps=1e-8),
-    "adam_l2": lambda g: torch.optim.Adam(g, lr=1e-2, weight_decay=1e-3),
-}
-
-
-def _state_copy(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    return copy.deepcopy(optimizer.state_dict())
-
-
-def _same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    for key in a["state"]:
-        for name, value in a["state"][key].items():
-            other = b["state"][key][name]
-            if not (torch.equal(value, other) if torch.is_tensor(value) else value == other):
-                return False
-    return a["state"].keys() == b["state"].keys() and a["param_groups"] == b["param_groups"]
-
-
-@pytest.mark.parametrize("warm_steps", [0, 2], ids=["first_step", "with_state"])
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_virtual_step_equals_the_real_step(name: str, warm_steps: int) -> None:
-    """Two groups (the second without weight decay, as `decay_matrices_only`), a parameter
-    without a gradient, an lr changed by the schedule since the last step."""
-    params = [nn.Parameter(torch.randn(*shape)) for shape in ((4, 3), (2, 3, 3, 3), (4,), (5,))]
-    groups = [
-        {"params": params[:2]},
-        {"params": params[2:], "weight_decay": 0.0},
-    ]
-    optimizer = OPTIMIZERS[name](groups)
-    for _ in range(warm_steps):
-        for p in params[:3]:
-            p.grad = torch.randn_like(p)
-        optimizer.step()
-    for group in optimizer.param_groups:
-        group["lr"] *= 0.7  # what OptimizerSlot.set_lr does before the step
-    grads: list[torch.Tensor | None] = [torch.randn_like(p) for p in params[:3]] + [None]
-    state = _state_copy(optimizer)
-
-    virtual = virtual_step(optimizer, params, grads)
-    assert _same_state(state, optimizer.state_dict()), "the virtual step wrote the state"
-    for p, g in zip(params, grads, strict=True):
-        p.grad = g
-    optimizer.step()
-    for got, p in zip(virtual, params, strict=True):
-        torch.testing.assert_close(got, p.detach(), rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["adamw", "sgd_nesterov"])
-def test_virtual_step_is_differentiable_in_the_gradient_even_where_it_is_zero(
-    name: str,
-) -> None:
-    """A fresh Adam state and a zero gradient entry: √v at v = 0 must not give NaN."""
-    param = nn.Parameter(torch.randn(6))
-    optimizer = OPTIMIZERS[name]([{"params": [param]}])
-    grad = torch.tensor([0.0, 1.0, -2.0, 0.0, 0.5, 3.0], requires_grad=True)
-    (updated,) = virtual_step(optimizer, [param], [grad])
-    (d_grad,) = torch.autograd.grad(updated.sum(), grad)
-    assert torch.isfinite(d_grad).all()
-    assert (d_grad[[1, 2, 4, 5]] != 0).all()
-
-
-# --------------------------------------------------------------------------- budgeted exits
-
-
-#: Confidences (samples × exits) with ties at both thresholds; the comments give the exits.
-TIED = torch.tensor(
-    [
-        [0.9, 0.95, 0.5],  # exit 1: the top 3 are 0.9, 0.8, 0.8, so T_1 = 0.8 ...
-        [0.8, 0.95, 0.5],  # ... and every 0.8 leaves: 4 samples instead of n_1 = 3
-        [0.8, 0.95, 0.5],
-        [0.8, 0.95, 0.5],  # their 0.95 at exit 2 must not count: they have left
-        [0.3, 0.6, 0.5],  # exit 2 ranks the 4 left: 0.6, 0.6, 0.6, 0.4; n_2 = 2, T_2 = 0.6
-        [0.2, 0.6, 0.5],  # ... so three leave at exit 2
-        [0.1, 0.6, 0.5],
-        [0.5, 0.4, 0.5],  # the last one leaves at exit 3
-    ],
-    dtype=torch.float64,
-)
-
-
-def test_meta_exits_are_the_protocols_at_the_target_proportions_with_ties() -> None:
-    proportions = protocol.exit_proportions(15 / 20, 3)  # q = 0.75, the default target
-    counts = exit_counts(8, proportions)
-    # prop = 0.75^k / Σ: 0.432, 0.324, 0.243 of 8 samples, floored.
-    assert counts == [3, 2, 1]
-    exits = budgeted_exits(TIED, counts)
-    assert exits.tolist() == [0, 0, 0, 0, 1, 1, 1, 2]
-    scores = TIED.T.numpy()
-    thresholds = protocol.fit_thresholds_reference(scores, proportions[None])
-    assert protocol.assign_exits_reference(scores, thresholds)[0].tolist() == exits.tolist()
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_meta_exits_agree_with_the_protocol_loop_on_random_ties(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    num_exits, n = int(rng.integers(2, 6)), int(rng.integers(5, 40))
-    scores = rng.integers(0, 6, size=(num_exits, n)) / 5.0  # few values: many ties
-    for p in (1, 7, 15, 20, 33):
-        proportions = protocol.exit_proportions(p / 20, num_exits)
-        thresholds = protocol.fit_thresholds_reference(scores, proportions[None])
-        expected = protocol.assign_exits_reference(scores, thresholds)[0]
-        got = budgeted_exits(torch.from_numpy(scores.T.copy()), exit_counts(n, proportions))
-        assert got.tolist() == expected.tolist(), (seed, p)
-
-
-def test_meta_loss_is_the_mean_ce_of_each_exits_samples_summed_over_exits() -> None:
-    ce = torch.arange(24, dtype=torch.float64).reshape(8, 3) / 10
-    exits = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
-    expected = ce[:4, 0].mean() + ce[4:7, 1].mean() + ce[7, 2]
-    torch.testing.assert_close(budgeted_loss(ce, exits), expected)
-    no_middle = torch.tensor([0, 0, 2, 2, 2, 2, 2, 2])  # an exit without samples adds nothing
-    torch.testing.assert_close(budgeted_loss(ce, no_middle), ce[:2, 0].mean() + ce[2:, 2].mean())
 
 
 def test_target_proportions_are_the_protocols_at_the_target_index(make_method: MakeMethod) -> None:
