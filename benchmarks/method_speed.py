@@ -36,14 +36,15 @@ efficient convolutions, twice the optimizer steps) from joint_bilevel's own work
 released training loop itself (`tools/main_cifar_DDP.py::train`, imported from DIR, never
 copied: per half batch a fresh pseudo-network, its `MetaSGD` virtual step on the
 create_graph gradients, the double backward into the weight net, then the real step) over
-the same batches (the `standard` row's loader, as contiguous tensors, as the released code
-has them) of the same `msdnet_fmnist`, with the suite's `l2w` settings (ε 0.8, col
-centring, loss input, 500 hidden, q = 15/20, meta every batch, Adam 1e-4 wd 1e-4) and the
-recipe's SGD. The thinnest adapter: the script's argument parser reads a fixed command line
-at import, its `models.<arch>` builds our backbone, the model is wrapped to have DDP's
-`.module`, `.cuda()` is the identity while it runs (the code hard-codes CUDA), and its
-cosine schedule over `epochs` runs to 0 where ours stops at 1e-3 (same step cost). It prints
-t(l2w_released)/t(l2w) (goal >= 1.5), the median over rounds.
+the same batches (the `l2w` row's loader; contiguous tensors, as the released code has
+them, where the suite's step runs the recipe's channels_last) of the same `msdnet_fmnist`,
+with the suite's `l2w` settings (ε 0.8, col centring, loss input, 500 hidden, q = 15/20,
+meta every batch, Adam 1e-4 wd 1e-4) and the recipe's SGD. The thinnest adapter: the
+script's argument parser reads a fixed command line at import, its `models.<arch>` builds
+our backbone, the model is wrapped to have DDP's `.module`, `.cuda()` is the identity while
+it runs (the code hard-codes CUDA), and its cosine schedule over `epochs` runs to 0 where
+ours stops at 1e-3 (same step cost). It prints t(l2w_released)/t(l2w) (goal >= 1.5), the
+median over rounds.
 
     python benchmarks/method_speed.py [--repeats 5 --threads 1 --train-images 2000]
     python benchmarks/method_speed.py --reference-l2w /tmp/L2W-DEN --methods standard l2w
