@@ -155,12 +155,12 @@ def test_claims_show_every_column_claims_csv_has(tiny: Built) -> None:
     """Other work adds claim columns (verdicts): the page shows whatever the table has."""
     root = tiny.root
     claims = pd.read_csv(root / "tables" / "claims.csv")
-    claims.insert(3, "magnitude_verdict", "within")
+    claims.insert(3, "reviewer_remark", "within")
     claims.to_csv(root / "tables" / "claims.csv", index=False)
     try:
         shown = explorer_data(tiny.study, root)["tables"]["claims"]
     finally:
-        claims.drop(columns="magnitude_verdict").to_csv(root / "tables" / "claims.csv", index=False)
+        claims.drop(columns="reviewer_remark").to_csv(root / "tables" / "claims.csv", index=False)
     assert list(shown) == list(claims.columns)
 
 
