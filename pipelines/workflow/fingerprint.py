@@ -77,7 +77,10 @@ def source_digests(objects: list[Any]) -> dict[str, str]:
 
 def source_digest(module: str) -> str:
     """A short hash of a module's source file (its bytes: the same on every machine)."""
-    path = inspect.getsourcefile(sys.modules[module])
+    try:
+        path = inspect.getsourcefile(sys.modules[module])
+    except TypeError:  # a built-in module, e.g. a method defined in `python -c`'s __main__
+        path = None
     if path is None:  # a module without a source file (e.g. compiled): its name only
         return "no source"
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
