@@ -154,7 +154,14 @@ def test_editing_a_method_file_reruns_its_runs_and_the_runs_built_on_them(
         planned = job_counts(checkout.snakemake("-n").stdout)
     finally:
         path.write_text(original)
-    assert planned == {**expected, "tables": 1, "figures": 1, "all": 1, "total": planned["total"]}
+    assert planned == {
+        **expected,
+        "tables": 1,
+        "figures": 1,
+        "explorer": 1,
+        "all": 1,
+        "total": planned["total"],
+    }
     assert "Nothing to be done" in checkout.snakemake("-n").stdout
 
 
