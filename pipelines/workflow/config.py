@@ -10,6 +10,7 @@ is loaded, so a typo fails in a second with the fix in the message.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -22,6 +23,8 @@ import yaml
 
 from eebench.pipelines.services.errors import number_hint
 from eebench.recipes import RECIPES
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -73,6 +76,7 @@ def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
     for spec in expand_runs(study):
         resolve_run(study, spec)  # raises ConfigError on any bad name or value
         _check_display(spec)
+    _check_rule_scores(study)
     if "latency" in study:
         study["latency"] = _fill_defaults(study["latency"], schema["properties"]["latency"])
         _check_latency(study, origin)
@@ -93,6 +97,29 @@ def _check_display(spec: RunSpec) -> None:
             f"{source_file(cls)}: the Display of {cls.__name__}{of} lists {sorted(unknown)}, "
             f"which are not figures; figures: {', '.join(FIGURE_NAMES)}"
         )
+
+
+def _check_rule_scores(study: dict[str, Any]) -> None:
+    """Say when a generic exit rule thresholds a score that no run of the study stores and
+    that it does not compute itself: it would silently draw nothing."""
+    from eebench.methods import EXIT_RULES, method_class
+    from eebench.methods.base import source_file
+    from eebench.pipelines.evaluation.outputs import MAX_SOFTMAX, OWN_SCORE
+
+    runs = expand_runs(study)
+    stored = {score for spec in runs for score in method_class(spec.method).score_names}
+    for name in EXIT_RULES.names():
+        rule = EXIT_RULES.get(name)
+        silent = rule.score not in {MAX_SOFTMAX, OWN_SCORE, *stored}
+        if rule.generic and not rule.computes_score() and silent:
+            log.warning(
+                "%s: exit rule %r thresholds score %r, which no run of this study stores: it "
+                "draws nothing; compute it in the rule (compute_score) or add a method that "
+                "stores it",
+                source_file(rule),
+                name,
+                rule.score,
+            )
 
 
 def _check_latency(study: dict[str, Any], origin: str) -> None:

@@ -32,6 +32,7 @@ from eebench.methods.base import (
     Display,
     MethodContractError,
     StepOutput,
+    register_exit_rule,
 )
 from eebench.methods.inference import replay
 from eebench.methods.standard import Standard
@@ -157,6 +158,25 @@ def test_a_figure_name_typo_in_a_display_stops_the_study(monkeypatch: pytest.Mon
     monkeypatch.setattr(Standard, "display", Display("standard", "#000", "o", ("fig3_budget",)))
     with pytest.raises(MethodContractError, match=r"methods/standard.py: .*'fig3_budget'"):
         tiny_runs("standard")
+
+
+def test_a_generic_rule_whose_score_no_run_stores_is_named(
+    registries: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Margin(ExitRule):
+        name: ClassVar[str] = "margin_rule"
+        score: ClassVar[str] = "margin_score"  # no method stores it, the rule computes none
+        generic: ClassVar[bool] = True
+
+    register_exit_rule(Margin)
+    with caplog.at_level("WARNING"):
+        tiny_runs("standard")
+    assert "exit rule 'margin_rule' thresholds score 'margin_score', which no run" in caplog.text
+    caplog.clear()
+    EXIT_RULES._entries.pop("margin_rule")
+    with caplog.at_level("WARNING"):
+        tiny_runs("standard")
+    assert "thresholds score" not in caplog.text
 
 
 # --------------------------------------------------------------------------- 3: rule scores
