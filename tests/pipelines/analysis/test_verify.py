@@ -28,6 +28,7 @@ import yaml
 from eebench.pipelines.analysis import verify as verify_module
 from eebench.pipelines.analysis.tables import TABLE_FILES, build_tables, read_table
 from eebench.pipelines.analysis.verify import (
+    compare_identical,
     compare_results,
     compare_tables,
     identity_reason,
@@ -278,6 +279,22 @@ def test_identity_when_both_sides_ran_the_same_reproducible_mode(
     (problem,) = next(r for r in compare_results(study, old, new).reports if r.problems).problems
     assert problem.startswith("line 2 (dataset=cifar100 backbone=msdnet_cifar method=standard")
     assert problem.endswith(f"top1 {text[1].split(',')[-1]} (committed) vs {fields[-1]} (new)")
+
+
+def test_identity_leaves_out_timings_only(committed: Callable[[str], Studies]) -> None:
+    """Timings are the machine's: a regeneration under the mode differs in them and in
+    nothing else (measured: make verify on the default study, 216 latency cells)."""
+    _, old, new = committed("default")
+    latency = pd.read_csv(new / "tables" / "latency.csv")
+    latency["measured_speedup"] *= 1.1
+    latency["early_ms_p50"] += 3.0
+    latency.to_csv(new / "tables" / "latency.csv", index=False)
+    assert all(not r.problems for r in compare_identical(old / "tables", new / "tables"))
+    anytime = pd.read_csv(new / "tables" / "anytime.csv", keep_default_na=False)
+    anytime.loc[0, "top1"] += 0.01
+    anytime.to_csv(new / "tables" / "anytime.csv", index=False)
+    (report,) = [r for r in compare_identical(old / "tables", new / "tables") if r.problems]
+    assert report.name == "anytime.csv" and len(report.problems) == 1
 
 
 @pytest.mark.parametrize(
