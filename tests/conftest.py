@@ -33,27 +33,30 @@ configure_torch("cpu", threads=1)
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 96, "n_test": 128}
 
 
+def tiny_study_data(runs: list[dict[str, Any]], name: str = "extension") -> dict[str, Any]:
+    """One backbone, one seed, one epoch on the synthetic dataset, as a study file holds it."""
+    return {
+        "study": name,
+        "device": "cpu",
+        "features_subset": 64,
+        "checkpoint_every_steps": 1000,
+        "datasets": {
+            "synthetic": {
+                "backbones": ["msdnet_fmnist"],
+                "recipe": "fmnist",
+                "recipe_overrides": {"epochs": 1, "batch_size": 32, "eval_batch_size": 64},
+                "budget_fractions": [0.5, 0.8],
+                "stands_in_for": ["cifar100", "imagenet"],  # fills Fig. 4 and 5 too
+                "synthetic": dict(SYNTHETIC),
+            }
+        },
+        "runs": runs,
+    }
+
+
 def tiny_study(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One backbone, one seed, one epoch on the synthetic dataset."""
-    return check_study(
-        {
-            "study": "extension",
-            "device": "cpu",
-            "features_subset": 64,
-            "checkpoint_every_steps": 1000,
-            "datasets": {
-                "synthetic": {
-                    "backbones": ["msdnet_fmnist"],
-                    "recipe": "fmnist",
-                    "recipe_overrides": {"epochs": 1, "batch_size": 32, "eval_batch_size": 64},
-                    "budget_fractions": [0.5, 0.8],
-                    "stands_in_for": ["cifar100", "imagenet"],  # fills Fig. 4 and 5 too
-                    "synthetic": dict(SYNTHETIC),
-                }
-            },
-            "runs": runs,
-        }
-    )
+    """`tiny_study_data`, checked and with its defaults filled in."""
+    return check_study(tiny_study_data(runs))
 
 
 def run_study(study: dict[str, Any], root: Path) -> Path:

@@ -18,34 +18,20 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import tiny_study_data
 from tests.test_workflow import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = Path(__file__).parent / "extension_examples"
 PACKAGES = ("methods", "backbones", "pipelines", "recipes", "reference")
-STUDY = {
-    "study": "tiny",
-    "device": "cpu",
-    "features_subset": 64,
-    "checkpoint_every_steps": 1000,
-    "datasets": {
-        "synthetic": {
-            "backbones": ["msdnet_fmnist"],
-            "recipe": "fmnist",
-            "recipe_overrides": {"epochs": 1, "batch_size": 32, "eval_batch_size": 64},
-            "budget_fractions": [0.5, 0.8],
-            "stands_in_for": ["cifar100", "imagenet"],
-            "synthetic": {
-                "num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 96, "n_test": 128,
-            },
-        }
-    },
-    "runs": [
+STUDY = tiny_study_data(
+    [
         {"method": "standard"},
         {"method": "distill", "variants": ["", "strong"]},
         {"method": "exit_temperature", "source": "distill"},  # built on distill's run
     ],
-}  # fmt: skip
+    name="tiny",
+)
 RUNS = {("standard", ""), ("distill", ""), ("distill", "strong"), ("exit_temperature", "")}
 
 
