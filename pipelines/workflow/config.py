@@ -73,10 +73,11 @@ def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
     validate(data, "study", origin)
     schema = load_schema("study")
     study = _fill_defaults(data, schema)
-    for spec in expand_runs(study):
+    runs = expand_runs(study)
+    for spec in runs:
         resolve_run(study, spec)  # raises ConfigError on any bad name or value
         _check_display(spec)
-    _check_rule_scores(study)
+    _check_rule_scores(runs)
     if "latency" in study:
         study["latency"] = _fill_defaults(study["latency"], schema["properties"]["latency"])
         _check_latency(study, origin)
@@ -99,14 +100,13 @@ def _check_display(spec: RunSpec) -> None:
         )
 
 
-def _check_rule_scores(study: dict[str, Any]) -> None:
+def _check_rule_scores(runs: list[RunSpec]) -> None:
     """Say when a generic exit rule thresholds a score that no run of the study stores and
     that it does not compute itself: it would silently draw nothing."""
     from eebench.methods import EXIT_RULES, method_class
     from eebench.methods.base import source_file
     from eebench.pipelines.evaluation.outputs import MAX_SOFTMAX, OWN_SCORE
 
-    runs = expand_runs(study)
     stored = {score for spec in runs for score in method_class(spec.method).score_names}
     for name in EXIT_RULES.names():
         rule = EXIT_RULES.get(name)
