@@ -42,13 +42,17 @@ DATASET_OF_SPLIT = {Path(path).name: dataset for dataset, path in SPLIT_FILES.it
 # with the exit rules' code for the rules that fit them (evaluate, calibrate).
 EEBENCH = eebench_command()
 COMMON = f"--study {shlex.quote(str(STUDY_FILE))} --results {shlex.quote(ROOT)}"
-RUN_COMMAND = "{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {threads} > {log:q} 2>&1"
+# Jobs that make numbers or timings start under the faster allocator, where there is one.
+PRELOAD = preload_prefix()
+RUN_COMMAND = "{PRELOAD}{EEBENCH} {rule} {COMMON} --run {wildcards.run:q} --threads {threads} > {log:q} 2>&1"
 GPUS = gpus_per_job(STUDY)
 # Training on several GPUs: torchrun starts one `eebench train` per GPU (data parallel).
 LAUNCH = launcher(GPUS)
 # A train job never retrains or deletes a finished model of the run's config: it waits
 # for a live trainer of the run (an orphan of a killed Snakemake) and uses its model.
-TRAIN_COMMAND = "{LAUNCH}" + RUN_COMMAND.replace(" --threads", " --wait --replace-stale --threads")
+TRAIN_COMMAND = RUN_COMMAND.replace("{EEBENCH}", "{LAUNCH}{EEBENCH}").replace(
+    " --threads", " --wait --replace-stale --threads"
+)
 TRAIN_MINUTES = STUDY.get("slurm", {}).get("time_minutes", 24 * 60)
 # Runs whose real early exit is timed (the study's `latency` section), and their pattern.
 LATENCY_RUNS = latency_runs(STUDY)

@@ -78,7 +78,10 @@ def configure_torch(device: str, threads: int | None = None) -> None:
 
     if enabled() and device == "cpu":
         torch.set_num_threads(THREADS)
-        torch.use_deterministic_algorithms(True)
+        # The eager kernels' switch. torch.use_deterministic_algorithms also sets
+        # inductor's, importing the compiler (~1.5 s of every job's start): a compiled
+        # model sets that one itself (pipelines/training/engine.py).
+        torch._C._set_deterministic_algorithms(True)
     elif threads:
         torch.set_num_threads(threads)
 
@@ -105,6 +108,7 @@ def environment(device: str) -> dict[str, Any]:
         "aten_cpu_capability": capability,
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "native"),
         "mkl_cbwr": os.environ.get("MKL_CBWR", "native"),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),  # the allocator (same numbers)
         "cpu_model": cpu_model(),
         "python": platform.python_version(),
     }

@@ -236,6 +236,8 @@ def _prepare_model(method: TrainMethod, recipe: Recipe) -> None:
     if recipe.channels_last:
         method.to(memory_format=torch.channels_last)
     if recipe.compile:
+        if torch.are_deterministic_algorithms_enabled():  # the compiler's switch too
+            torch.use_deterministic_algorithms(True)
         method.backbone.compile()
 
 

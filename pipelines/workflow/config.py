@@ -61,22 +61,27 @@ def _fill_defaults(data: dict[str, Any], schema: dict[str, Any]) -> dict[str, An
     return filled
 
 
-def load_study(path: str | Path) -> dict[str, Any]:
-    """Read, validate and complete a study config; check every name it uses."""
+def load_study(path: str | Path, *, displays: bool = True) -> dict[str, Any]:
+    """Read, validate and complete a study config; check every name it uses (and the
+    figures each run's display lists, unless `displays` is False)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study config {path} does not exist (studies are in config/*.yaml)")
-    return check_study(read_config_yaml(path), origin=str(path))
+    return check_study(read_config_yaml(path), origin=str(path), displays=displays)
 
 
-def check_study(data: Any, origin: str = "study") -> dict[str, Any]:
+def check_study(data: Any, origin: str = "study", *, displays: bool = True) -> dict[str, Any]:
+    """The study, validated and completed. `displays=False` (a run job's check: the
+    workflow and `eebench check` have made it) leaves out the figure names, which would
+    import the plotting stack, a second of every job's start."""
     validate(data, "study", origin)
     schema = load_schema("study")
     study = _fill_defaults(data, schema)
     runs = expand_runs(study)
     for spec in runs:
         resolve_run(study, spec)  # raises ConfigError on any bad name or value
-        _check_display(spec)
+        if displays:
+            _check_display(spec)
     _check_rule_scores(runs)
     if "latency" in study:
         study["latency"] = _fill_defaults(study["latency"], schema["properties"]["latency"])

@@ -25,6 +25,7 @@ from eebench.pipelines.workflow.config import (
 from eebench.pipelines.workflow.fingerprint import exit_rules_code, fingerprint
 from eebench.pipelines.data.splits import split_path
 from eebench.pipelines.data.datasets import get_dataset_info
+from eebench.pipelines.services.allocator import AllocatorError, preload_prefix as _preload
 from eebench.pipelines.services.io import read_yaml
 
 DEFAULT_STUDY = Path(workflow.basedir) / "config" / "default.yaml"
@@ -105,6 +106,15 @@ def resources(mem_mb: int, runtime: int, gpu: int = 0) -> dict:
         if key in slurm:
             found[f"slurm_{key}"] = slurm[key]
     return found
+
+
+def preload_prefix() -> str:
+    """`env LD_PRELOAD=<tcmalloc> ` where the machine has a faster allocator
+    (pipelines/services/allocator.py: same numbers, faster jobs), else ""."""
+    try:
+        return _preload()
+    except AllocatorError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def launcher(gpus: int) -> str:
