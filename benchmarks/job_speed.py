@@ -84,9 +84,8 @@ def side_environments(baseline: Path, shim: Path) -> dict[str, dict[str, str]]:
 def run_job(env: dict[str, str], study: Path, results: Path, command: str, run: str) -> float:
     """Seconds of one `eebench` job, start to exit, as a Snakemake job runs it."""
     args = [sys.executable, "-m", "eebench.pipelines.cli", command, "--study", str(study)]
-    args += ["--results", str(results), "--threads", "1"]
-    if run:
-        args += ["--run", run]
+    args += ["--results", str(results)]
+    args += ["--run", run, "--threads", "1"] if run else ["--dataset", "fashion_mnist"]
     if command == "train":
         args.append("--restart")
     start = time.perf_counter()
