@@ -57,10 +57,12 @@ def fast_allocator(
     return None
 
 
-def preload_prefix(environ: Mapping[str, str] = os.environ, **kwargs: Iterable[str]) -> str:
+def preload_prefix(
+    environ: Mapping[str, str] = os.environ, dirs: Iterable[str] = LIBRARY_DIRS
+) -> str:
     """`env LD_PRELOAD=… ` to put before a job's command ("" without a faster allocator);
     an LD_PRELOAD already set is kept after it."""
-    library = fast_allocator(environ, **kwargs)
+    library = fast_allocator(environ, dirs)
     if library is None:
         return ""
     preload = ":".join(part for part in (str(library), environ.get("LD_PRELOAD", "")) if part)
