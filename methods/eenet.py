@@ -431,16 +431,15 @@ def train_bank(
     best_epoch = torch.full((num_models,), -1, dtype=torch.long)
     patience = torch.full((num_models,), settings.patience, dtype=torch.long)
     stopped = torch.zeros(num_models, dtype=torch.bool)
-    batches = permutation.split(settings.batch_size)
+    # The permutation is fixed: gather every batch's rows once, not in each of ~10,000 steps.
+    batches = [data.rows(b) for b in permutation.split(settings.batch_size)]
     epoch = -1
     for epoch in range(settings.epochs):
         phases = active_phases(epoch, settings.period)
         terms = torch.stack(
             [
-                optimisation_step(
-                    bank, optimizers, data.rows(b), data, targets, phases, settings.beta_ce
-                )
-                for b in batches
+                optimisation_step(bank, optimizers, batch, data, targets, phases, settings.beta_ce)
+                for batch in batches
             ]
         ).mean(0)
         full = terms[0] + alpha_ce * terms[1] + alpha_cost * terms[2]

@@ -10,6 +10,7 @@ from eebench.pipelines.services.repro import apply_env, configure_torch
 
 apply_env()
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,6 +29,13 @@ from eebench.pipelines.workflow.config import check_study, expand_runs, resolve_
 
 torch.set_num_threads(1)
 configure_torch("cpu", threads=1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Decompressed data copies go to the session's temporary folder, not the user's cache."""
+    os.environ["EEBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
 
 #: A 4-class synthetic dataset small enough to train msdnet_fmnist for one epoch in seconds.
 SYNTHETIC = {"num_classes": 4, "image_size": 28, "n_train": 256, "n_val": 96, "n_test": 128}

@@ -54,7 +54,15 @@ from eebench.pipelines.evaluation.outputs import (
     read_outputs,
 )
 from eebench.pipelines.evaluation.protocol import accuracy_at_budget, assign_exits
-from eebench.pipelines.evaluation.reliability import BIN_COLUMNS, ece, nll, reliability_bins
+from eebench.pipelines.evaluation.reliability import (
+    BIN_COLUMNS,
+    ece,
+    log_softmax,
+    nll,
+    nll_of_log_probs,
+    reliability_bins,
+    reliability_bins_of_log_probs,
+)
 from eebench.pipelines.services.io import write_csv
 from eebench.pipelines.workflow.config import (
     ConfigError,
@@ -473,18 +481,23 @@ def budget_calibration_rows(outputs: RunOutputs, decisions: list[Any]) -> list[d
     over those, top-1, NLL and the 10-bin ECE (%); mflops = the expected test cost."""
     labels, rows = outputs.test.labels, []
     samples = np.arange(len(labels))
+    log_p = log_softmax(outputs.test.logits)  # row by row, so gathering rows later is exact
+    scores: dict[str, np.ndarray] = {}  # each score computed once, not once per budget
     for decision in decisions:
-        scores = outputs.test.score(decision.score)
-        exits = assign_exits(scores, np.array([decision.thresholds]))[0]
-        logits = outputs.test.logits[exits, samples]
+        if decision.score not in scores:
+            scores[decision.score] = outputs.test.score(decision.score)
+        exits = assign_exits(scores[decision.score], np.array([decision.thresholds]))[0]
+        chosen = log_p[exits, samples]
+        bins = reliability_bins_of_log_probs(chosen, labels, BUDGET_ECE_BINS)
         rows.append(
             {
                 "mflops": float(outputs.costs(decision.score)[exits].mean()),
-                "top1": 100.0 * float((logits.argmax(axis=-1) == labels).mean()),
+                "top1": 100.0
+                * float((outputs.test.logits[exits, samples].argmax(-1) == labels).mean()),
                 "policy": decision.rule,
                 "p": decision.point,
-                "budget_nll": nll(logits, labels),
-                "budget_ece10": 100.0 * ece(reliability_bins(logits, labels, BUDGET_ECE_BINS)),
+                "budget_nll": nll_of_log_probs(chosen, labels),
+                "budget_ece10": 100.0 * ece(bins),
             }
         )
     return rows

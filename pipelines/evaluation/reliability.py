@@ -26,7 +26,11 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def nll(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the labels under softmax(logits) (N×C)."""
-    log_p = log_softmax(logits)
+    return nll_of_log_probs(log_softmax(logits), labels)
+
+
+def nll_of_log_probs(log_p: np.ndarray, labels: np.ndarray) -> float:
+    """`nll` from `log_softmax(logits)`, for callers that reuse the log-probabilities."""
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
@@ -40,7 +44,14 @@ def bin_index(confidence: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
 
 def reliability_bins(logits: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS) -> pd.DataFrame:
     """Per bin: its edges, sample count, accuracy and mean confidence (NaN when empty)."""
-    probs = np.exp(log_softmax(logits))
+    return reliability_bins_of_log_probs(log_softmax(logits), labels, n_bins)
+
+
+def reliability_bins_of_log_probs(
+    log_p: np.ndarray, labels: np.ndarray, n_bins: int = N_BINS
+) -> pd.DataFrame:
+    """`reliability_bins` from `log_softmax(logits)`, for callers that reuse them."""
+    probs = np.exp(log_p)
     confidence = probs.max(axis=-1)
     correct = (probs.argmax(axis=-1) == labels).astype(np.float64)
     index = bin_index(confidence, n_bins)

@@ -319,15 +319,15 @@ class Trainer:
         bar.close()
 
     def _validates_after(self, epoch: int) -> bool:
-        """Every epoch, or only the last one when the study saves that time (never for best_val,
-        nor for a method whose `end_epoch` reads the val outputs)."""
-        last = epoch + 1 == self.recipe.epochs
-        every = (
-            self.run.get("validate_each_epoch", True)
-            or self.run.get("selection") == "best_val"
-            or self.method.needs_val_each_epoch
-        )
-        return every or last
+        """Every epoch, only the last one, or none (`validate_each_epoch`: true, false,
+        "never"), when the study saves that time; every epoch for best_val and for a method
+        whose `end_epoch` reads the val outputs."""
+        setting = self.run.get("validate_each_epoch", True)
+        if setting is True or self.run.get("selection") == "best_val":
+            return True
+        if self.method.needs_val_each_epoch:
+            return True
+        return setting is False and epoch + 1 == self.recipe.epochs
 
     def _validate(self) -> SplitOutputs:
         with self._evaluated_weights():

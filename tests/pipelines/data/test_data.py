@@ -184,6 +184,33 @@ def test_fashion_mnist_data_root_comes_before_system_dir(
     assert data.info.n_train_total == 30
 
 
+def test_gzipped_files_are_decompressed_once_and_again_when_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EEBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "data" / "fashion_mnist"
+    write_tiny_fmnist(folder, gz=True)
+    first = load_dataset("fashion_mnist", tmp_path / "data")
+    copies = sorted((tmp_path / "cache" / "idx").iterdir())
+    assert len(copies) == len(datasets.FMNIST_FILES)
+    decompressed = []
+    monkeypatch.setattr(datasets, "_decompress", lambda path: decompressed.append(path))
+    again = load_dataset("fashion_mnist", tmp_path / "data")
+    assert decompressed == [] and torch.equal(again.train_images, first.train_images)
+    monkeypatch.undo()
+    monkeypatch.setenv("EEBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_tiny_fmnist(folder, gz=True, n_train=20)  # replaced: size and mtime change
+    assert load_dataset("fashion_mnist", tmp_path / "data").train_images.shape[0] == 20
+
+
+def test_an_unwritable_cache_only_costs_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("EEBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_tiny_fmnist(tmp_path / "fashion_mnist", gz=True)
+    assert load_dataset("fashion_mnist", tmp_path).train_images.shape == (30, 1, 28, 28)
+    assert not list(tmp_path.glob("**/*.partial"))
+
+
 def test_truncated_idx_file_is_reported(tmp_path: Path) -> None:
     write_tiny_fmnist(tmp_path / "fashion_mnist", gz=False)
     path = tmp_path / "fashion_mnist" / "train-images-idx3-ubyte"

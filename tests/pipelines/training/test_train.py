@@ -214,6 +214,15 @@ def test_validation_after_the_last_epoch_only_when_asked(tmp_path: Path) -> None
     assert log["val_top1_exit4"].isna().tolist() == [True, False]
 
 
+def test_no_validation_when_the_study_says_never(tmp_path: Path) -> None:
+    """The same model as with validation (a val pass changes no weight), one pass less."""
+    train_run(make_run(validate_each_epoch="never"), tmp_path / "never", tmp_path / "splits")
+    train_run(make_run(validate_each_epoch=False), tmp_path / "last", tmp_path / "splits")
+    assert "val_top1_exit4" not in pd.read_csv(tmp_path / "never" / "train_log.csv")
+    never, last = weights(tmp_path / "never"), weights(tmp_path / "last")
+    assert all(torch.equal(never[k], v) for k, v in last.items())
+
+
 def test_soft_targets_from_mixup_and_label_smoothing_train(tmp_path: Path) -> None:
     recipe = {"epochs": 1, "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1}
     run_dir = tmp_path / "run"
