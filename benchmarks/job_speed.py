@@ -5,7 +5,10 @@ what a job pays besides its model's steps counts: the imports at its start and t
 allocator under its steps. This benchmark times real `eebench` jobs, as the Snakefile
 starts them, on a small copy of the evidence study (seed 0 of `standard` and
 `joint_bilevel` on msdnet_fmnist, `l2w` on ranet_fmnist, `calibrated_dnn` after
-`standard`; `--train-subset` images, one epoch), under three sides:
+`standard`, `eenet` after `standard`; `--train-subset` images, `--epochs` epochs: the
+evidence study's own sizes are `--train-subset 10000 --epochs 3`), and with
+`--tables FOLDER` the tables job on a finished study's results (a copy: it rewrites its
+tables), under three sides:
 
 - `baseline`: the checkout given by `--baseline` (e.g. `git worktree add /tmp/base <commit>`),
   imported in place of this one, with the system's malloc;
@@ -26,6 +29,7 @@ so, or names the array that differs. Results: `benchmarks/results/job_speed.csv`
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -48,15 +52,17 @@ JOBS = (
     ("evaluate", "runs/fashion_mnist/msdnet_fmnist/joint_bilevel/seed0"),
     ("evaluate", "runs/fashion_mnist/ranet_fmnist/l2w/seed0"),
     ("calibrate", "runs/fashion_mnist/msdnet_fmnist/calibrated_dnn/seed0"),
+    ("calibrate", "runs/fashion_mnist/msdnet_fmnist/eenet/seed0"),
 )
 
 
-def small_study(train_subset: int) -> dict[str, object]:
-    """The evidence study's settings, seed 0, its four kinds of job on few images."""
-    study = yaml.safe_load((ROOT / "config" / "evidence.yaml").read_text())
+def small_study(train_subset: int, epochs: int, checkout: Path = ROOT) -> dict[str, object]:
+    """The evidence study's settings as `checkout` has them, seed 0, its kinds of job on
+    few images."""
+    study = yaml.safe_load((checkout / "config" / "evidence.yaml").read_text())
     dataset = study["datasets"]["fashion_mnist"]
     dataset["train_subset"] = train_subset
-    dataset["recipe_overrides"] = {"epochs": 1}
+    dataset["recipe_overrides"] = {"epochs": epochs}
     study.update(study="job_speed", seeds=[0])
     by_method = {run["method"]: run for run in study["runs"] if "variants" not in run}
     study["runs"] = [
@@ -64,6 +70,7 @@ def small_study(train_subset: int) -> dict[str, object]:
         {"method": "joint_bilevel", "backbones": ["msdnet_fmnist"]},
         {**by_method["l2w"], "backbones": ["ranet_fmnist"]},
         {"method": "calibrated_dnn", "backbones": ["msdnet_fmnist"]},
+        {"method": "eenet", "backbones": ["msdnet_fmnist"]},
     ]
     return study
 
@@ -85,7 +92,10 @@ def run_job(env: dict[str, str], study: Path, results: Path, command: str, run: 
     """Seconds of one `eebench` job, start to exit, as a Snakemake job runs it."""
     args = [sys.executable, "-m", "eebench.pipelines.cli", command, "--study", str(study)]
     args += ["--results", str(results)]
-    args += ["--run", run, "--threads", "1"] if run else ["--dataset", "fashion_mnist"]
+    if command in ("train", "evaluate", "calibrate"):
+        args += ["--run", run, "--threads", "1"]
+    elif command == "split":
+        args += ["--dataset", "fashion_mnist"]
     if command == "train":
         args.append("--restart")
     start = time.perf_counter()
@@ -109,25 +119,78 @@ def same_outputs(results: dict[str, Path]) -> str:
     return "identical"
 
 
-def measure(rounds: int, baseline: Path, train_subset: int) -> tuple[pd.DataFrame, str]:
+def tables_digest(results: Path) -> str:
+    """One digest of every table the tables job wrote (to compare the sides' tables)."""
+    digest = hashlib.sha256()
+    for path in sorted((results / "tables").glob("*.csv")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def time_tables(
+    sides: dict[str, dict[str, str]], studies: dict[str, Path], results: Path, order: list[str]
+) -> tuple[list[dict[str, object]], set[str]]:
+    """The tables job of each side on the same finished study, and the tables' digests."""
+    rows, digests = [], set()
+    for side in order:
+        seconds = run_job(sides[side], studies[side], results, "tables", "")
+        digests.add(tables_digest(results))
+        rows.append(dict(side=side, job="tables", run="", s=seconds))
+    return rows, digests
+
+
+def tables_study(checkout: Path) -> dict[str, object]:
+    """The evidence study as `checkout` has it, with this checkout's seeds: the sides'
+    tables jobs then read the same runs of the finished study."""
+    study = yaml.safe_load((checkout / "config" / "evidence.yaml").read_text())
+    study["seeds"] = yaml.safe_load((ROOT / "config" / "evidence.yaml").read_text())["seeds"]
+    return study
+
+
+def side_checkouts(sides: dict[str, dict[str, str]], baseline: Path) -> dict[str, Path]:
+    return {side: baseline if side == "baseline" else ROOT for side in sides}
+
+
+def measure(
+    rounds: int, baseline: Path, size: tuple[int, int], tables: Path | None
+) -> tuple[pd.DataFrame, str]:
+    """Every side's jobs, `rounds` times; `size` = (training images, epochs)."""
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
-        study = tmp / "job_speed.yaml"
-        study.write_text(yaml.safe_dump(small_study(train_subset), sort_keys=False))
         (tmp / "shim").mkdir()
         sides = side_environments(baseline, tmp / "shim")
+        checkouts = side_checkouts(sides, baseline)
+        studies, evidence = {}, {}
+        for side, checkout in checkouts.items():  # each side's own evidence settings
+            studies[side] = tmp / f"{side.replace('+', '_')}.yaml"
+            studies[side].write_text(yaml.safe_dump(small_study(*size, checkout), sort_keys=False))
+            evidence[side] = tmp / f"{side.replace('+', '_')}_tables.yaml"
+            evidence[side].write_text(yaml.safe_dump(tables_study(checkout), sort_keys=False))
         results = {side: tmp / side.replace("+", "_") for side in sides}
         for side, env in sides.items():  # the split, untimed
-            run_job(env, study, results[side], "split", "")
-        rows = []
+            run_job(env, studies[side], results[side], "split", "")
+        rows, digests = [], set()
         for index in range(rounds):
             order = list(sides)[index % len(sides) :] + list(sides)[: index % len(sides)]
             for side in order:
                 for command, run in JOBS:
-                    seconds = run_job(sides[side], study, results[side], command, run)
+                    seconds = run_job(sides[side], studies[side], results[side], command, run)
                     rows.append(dict(round=index, side=side, job=command, run=run, s=seconds))
                     print(f"round {index} {side:14s} {command:9s} {run:55s} {seconds:6.1f} s")
-        return pd.DataFrame(rows), same_outputs(results)
+            if tables is not None:
+                timed, seen = time_tables(sides, evidence, tables, order)
+                rows += [dict(row, round=index) for row in timed]
+                digests |= seen
+                print(
+                    f"round {index} tables: "
+                    + ", ".join(f"{r['side']} {r['s']:.1f} s" for r in timed)
+                )
+        identity = same_outputs(results)
+        if len(digests) > 1:
+            identity += "; the sides' tables differ"
+        elif digests:
+            identity += "; tables identical"
+        return pd.DataFrame(rows), identity
 
 
 def summarise(times: pd.DataFrame) -> pd.DataFrame:
@@ -157,13 +220,21 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="checkout to compare to")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-subset", type=int, default=2560)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--tables",
+        type=Path,
+        help="a finished evidence study's results folder (a copy): also time its tables job",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     if not (args.baseline / "pipelines" / "cli.py").is_file():
         raise SystemExit(
             f"--baseline {args.baseline} is not an eebench checkout (no pipelines/cli.py)"
         )
-    times, identity = measure(args.rounds, args.baseline, args.train_subset)
+    times, identity = measure(
+        args.rounds, args.baseline, (args.train_subset, args.epochs), args.tables
+    )
     table = summarise(times)
     table["outputs"] = identity
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,10 +29,12 @@ def _setup_logging(log_file: Path | None = None) -> None:
     )
 
 
-def _study_paths(args: argparse.Namespace, *, displays: bool = True) -> tuple[dict[str, Any], Path]:
+def _study_paths(
+    args: argparse.Namespace, *, study_checks: bool = True
+) -> tuple[dict[str, Any], Path]:
     from eebench.pipelines.workflow.config import load_study
 
-    study = load_study(args.study, displays=displays)
+    study = load_study(args.study, study_checks=study_checks)
     root = Path(args.results) if args.results else Path("results") / study["study"]
     return study, root
 
@@ -85,7 +87,7 @@ def _run_config(args: argparse.Namespace, timed: bool = False) -> tuple[dict[str
     elif not (args.study and args.run):
         raise SystemExit("give --study CONFIG --run RUNPATH, or --config RUN.yaml")
     else:
-        study, root = _study_paths(args, displays=False)
+        study, root = _study_paths(args, study_checks=False)
         spec = RunSpec.from_path(args.run)
         run = resolve_run(study, spec, results_root=root)
         run_dir, split_dir = root / spec.path, _split_dir(root)

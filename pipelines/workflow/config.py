@@ -61,28 +61,30 @@ def _fill_defaults(data: dict[str, Any], schema: dict[str, Any]) -> dict[str, An
     return filled
 
 
-def load_study(path: str | Path, *, displays: bool = True) -> dict[str, Any]:
-    """Read, validate and complete a study config; check every name it uses (and the
-    figures each run's display lists, unless `displays` is False)."""
+def load_study(path: str | Path, *, study_checks: bool = True) -> dict[str, Any]:
+    """Read, validate and complete a study config; check every name it uses (and, unless
+    `study_checks` is False, what concerns the study as a whole: `check_study`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study config {path} does not exist (studies are in config/*.yaml)")
-    return check_study(read_config_yaml(path), origin=str(path), displays=displays)
+    return check_study(read_config_yaml(path), origin=str(path), study_checks=study_checks)
 
 
-def check_study(data: Any, origin: str = "study", *, displays: bool = True) -> dict[str, Any]:
-    """The study, validated and completed. `displays=False` (a run job's check: the
-    workflow and `eebench check` have made it) leaves out the figure names, which would
-    import the plotting stack, a second of every job's start."""
+def check_study(data: Any, origin: str = "study", *, study_checks: bool = True) -> dict[str, Any]:
+    """The study, validated and completed. `study_checks=False` (a run job's check: the
+    workflow and `eebench check` have made them) leaves out the figure names of the runs'
+    displays, which would import the plotting stack, a second of every job's start, and
+    the exit rules' scores, whose warning would repeat in every job's log."""
     validate(data, "study", origin)
     schema = load_schema("study")
     study = _fill_defaults(data, schema)
     runs = expand_runs(study)
     for spec in runs:
         resolve_run(study, spec)  # raises ConfigError on any bad name or value
-        if displays:
+        if study_checks:
             _check_display(spec)
-    _check_rule_scores(runs)
+    if study_checks:
+        _check_rule_scores(runs)
     if "latency" in study:
         study["latency"] = _fill_defaults(study["latency"], schema["properties"]["latency"])
         _check_latency(study, origin)
