@@ -148,7 +148,13 @@ def tables_study(checkout: Path) -> dict[str, object]:
 
 
 def side_checkouts(sides: dict[str, dict[str, str]], baseline: Path) -> dict[str, Path]:
+    """The checkout whose code and config each side runs."""
     return {side: baseline if side == "baseline" else ROOT for side in sides}
+
+
+def folder_name(side: str) -> str:
+    """A side's name as a file name (current+alloc -> current_alloc)."""
+    return side.replace("+", "_")
 
 
 def measure(
@@ -162,11 +168,11 @@ def measure(
         checkouts = side_checkouts(sides, baseline)
         studies, evidence = {}, {}
         for side, checkout in checkouts.items():  # each side's own evidence settings
-            studies[side] = tmp / f"{side.replace('+', '_')}.yaml"
+            studies[side] = tmp / f"{folder_name(side)}.yaml"
             studies[side].write_text(yaml.safe_dump(small_study(*size, checkout), sort_keys=False))
-            evidence[side] = tmp / f"{side.replace('+', '_')}_tables.yaml"
+            evidence[side] = tmp / f"{folder_name(side)}_tables.yaml"
             evidence[side].write_text(yaml.safe_dump(tables_study(checkout), sort_keys=False))
-        results = {side: tmp / side.replace("+", "_") for side in sides}
+        results = {side: tmp / folder_name(side) for side in sides}
         for side, env in sides.items():  # the split, untimed
             run_job(env, studies[side], results[side], "split", "")
         rows, digests = [], set()
