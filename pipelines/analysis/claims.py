@@ -548,7 +548,17 @@ def _grid(context: Context, first: Points, second: Points) -> tuple[np.ndarray, 
 
 def _matched_difference(context: Context, pair: Pair) -> tuple[np.ndarray, list[str]]:
     """Per-image top-1 differences (points, compare − against) at the pair's matched
-    points, seeds × Q × N; points outside a curve on some seed are dropped."""
+    points, seeds × Q × N; points outside a curve on some seed are dropped. A budgeted pair
+    with no budget inside both curves (a curve collapsed onto a narrow band of costs, as
+    EENet-released's) is compared at the operating points of its narrower curve instead."""
+    values, labels = _at_shared_points(context, pair)
+    if labels or context.row.claim["mode"] != "budgeted":
+        return values, labels
+    return _at_own_points(context, pair)
+
+
+def _at_shared_points(context: Context, pair: Pair) -> tuple[np.ndarray, list[str]]:
+    """The differences at `_grid`'s points (seeds × Q × N), those outside a curve dropped."""
     rows, labels, grids = [], [], []
     for first, second in zip(*(context.points(s) for s in pair), strict=True):
         grid, labels = _grid(context, first, second)
@@ -562,6 +572,29 @@ def _matched_difference(context: Context, pair: Pair) -> tuple[np.ndarray, list[
     kept = ~np.isnan(values).any(axis=(0, 2))
     if labels == ["its operating point"]:  # its cost on each seed: their mean
         labels = [f"its operating point ({np.mean(grids):.4g} MFLOPs)"]
+    return values[:, kept], [label for label, keep in zip(labels, kept, strict=True) if keep]
+
+
+def _at_own_points(context: Context, pair: Pair) -> tuple[np.ndarray, list[str]]:
+    """Each operating point of the pair's narrower curve (the smaller cost span over the
+    seeds) at its own cost, against the other curve there (compare − against, seeds × P ×
+    N; P the same on every seed, else no point); those outside the other curve dropped."""
+    by_seed = list(zip(*(context.points(s) for s in pair), strict=True))
+    spans = [sum(np.ptp(points[side].costs) for points in by_seed) for side in (0, 1)]
+    own = int(spans[1] < spans[0])  # 0: the compare side's points, 1: the against side's
+    n_images = by_seed[0][own].correct.shape[1]
+    if len({len(points[own].costs) for points in by_seed}) != 1:
+        return np.empty((len(by_seed), 0, n_images)), []
+    rows = []
+    for points in by_seed:
+        mine, other = points[own], points[1 - own]
+        difference = 100.0 * (mine.correct - other.at(mine.costs))
+        rows.append(difference if own == 0 else -difference)
+    values = np.stack(rows)
+    kept = ~np.isnan(values).any(axis=(0, 2))
+    costs = np.mean([points[own].costs for points in by_seed], axis=0)
+    name = pair[own].name
+    labels = [f"operating point {k + 1} of {name} ({c:.4g} MFLOPs)" for k, c in enumerate(costs)]
     return values[:, kept], [label for label, keep in zip(labels, kept, strict=True) if keep]
 
 

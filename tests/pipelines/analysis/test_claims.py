@@ -179,12 +179,17 @@ def _base(spec: RunSpec) -> float:
 
 
 def write_samples(
-    root: Path, spec: RunSpec, first: float, shift: int = 0, points: int | None = None
+    root: Path,
+    spec: RunSpec,
+    first: float,
+    shift: int = 0,
+    points: int | None = None,
+    collapsed: bool = False,
 ) -> None:
     """outputs.npz and exit_rules.json of a fake run: exit k is right on the round(N·(first
     + 2k + seed)/100) test samples from index `shift` on (cyclically), and operating point j
     of both rules sends every sample to exit j (so budgeted points lie at the exits' costs;
-    `points`: only the first ones)."""
+    `points`: only the first ones; `collapsed`: every point sends every sample to exit 1)."""
     run_dir = root / spec.path
     flops = pd.read_csv(run_dir / "anytime.csv")["mflops"].to_numpy()
     exits = len(flops)
@@ -200,7 +205,7 @@ def write_samples(
             j + 1,
             math.nan,
             MAX_SOFTMAX,
-            tuple(math.inf if k < j else -math.inf for k in range(exits)),
+            tuple(math.inf if k < (0 if collapsed else j) else -math.inf for k in range(exits)),
         )
         for rule in (MAX_SOFTMAX, OWN_SCORE)
         for j in range(points or exits)
@@ -403,6 +408,27 @@ def test_a_one_point_run_is_compared_at_its_own_cost(
     c6 = claims.loc[("C6", "msdnet_cifar")]
     assert c6["points"] == "its operating point (10 MFLOPs)"
     assert c6["estimate"] == pytest.approx(5.0) and c6["verdict"] == SUPPORTED
+
+
+def test_a_collapsed_curve_is_compared_at_its_own_operating_points(
+    make_study: Callable[..., dict[str, Any]], make_results: Callable[[dict[str, Any]], Path]
+) -> None:
+    """The frozen runs' two operating points both lie at exit 1 (10 MFLOPs, below every
+    Table 1 budget: no budget inside both curves, as EENet-released's collapsed curve in
+    C11r): C6 compares Ours' curve at each of them instead of giving no estimate."""
+    study = make_study()
+    root = make_results(study)
+    for spec in expand_runs(study):
+        frozen = spec.method_dir == "joint_bilevel-frozen"
+        write_samples(root, spec, _base(spec), points=2 if frozen else None, collapsed=frozen)
+    claims = build_claims(study, load_results(study, root), root).set_index(["id", "backbone"])
+    c6 = claims.loc[("C6", "msdnet_cifar")]
+    assert c6["points"] == ", ".join(
+        f"operating point {k} of joint_bilevel-frozen (10 MFLOPs)" for k in (1, 2)
+    )
+    assert c6["estimate"] == pytest.approx(5.0) and c6["verdict"] == SUPPORTED
+    # a curve that spans the budgets is still compared at them
+    assert claims.loc[("C4", "msdnet_cifar"), "points"].startswith("30 MFLOPs")
 
 
 def test_control_columns_say_what_the_control_shows(
