@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,10 +57,15 @@ JOBS = (
 )
 
 
+def evidence_config(checkout: Path) -> dict[str, Any]:
+    """The evidence study's config as `checkout` has it (the baseline's may differ)."""
+    return yaml.safe_load((checkout / "config" / "evidence.yaml").read_text())
+
+
 def small_study(train_subset: int, epochs: int, checkout: Path = ROOT) -> dict[str, object]:
     """The evidence study's settings as `checkout` has them, seed 0, its kinds of job on
     few images."""
-    study = yaml.safe_load((checkout / "config" / "evidence.yaml").read_text())
+    study = evidence_config(checkout)
     dataset = study["datasets"]["fashion_mnist"]
     dataset["train_subset"] = train_subset
     dataset["recipe_overrides"] = {"epochs": epochs}
@@ -142,8 +148,8 @@ def time_tables(
 def tables_study(checkout: Path) -> dict[str, object]:
     """The evidence study as `checkout` has it, with this checkout's seeds: the sides'
     tables jobs then read the same runs of the finished study."""
-    study = yaml.safe_load((checkout / "config" / "evidence.yaml").read_text())
-    study["seeds"] = yaml.safe_load((ROOT / "config" / "evidence.yaml").read_text())["seeds"]
+    study = evidence_config(checkout)
+    study["seeds"] = evidence_config(ROOT)["seeds"]
     return study
 
 

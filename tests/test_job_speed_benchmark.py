@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -11,21 +10,17 @@ import pandas as pd
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "job_speed.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_job_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("job_speed")
 
 
-def a_checkout(folder: Path, seeds: list[int], validate: str) -> Path:
+def a_checkout(bench: ModuleType, folder: Path, seeds: list[int], validate: str) -> Path:
     """A checkout with only a config/evidence.yaml: what a side reads of its checkout."""
-    study = yaml.safe_load((SCRIPT.parents[1] / "config" / "evidence.yaml").read_text())
+    study = bench.evidence_config(bench.ROOT)
     study.update(seeds=seeds, validate_each_epoch=validate)
     (folder / "config").mkdir(parents=True)
     (folder / "config" / "evidence.yaml").write_text(yaml.safe_dump(study))
@@ -35,7 +30,7 @@ def a_checkout(folder: Path, seeds: list[int], validate: str) -> Path:
 def test_each_side_runs_its_own_evidence_settings_at_the_asked_size(
     bench: ModuleType, tmp_path: Path
 ) -> None:
-    old = a_checkout(tmp_path / "old", [0, 1, 2], "false")
+    old = a_checkout(bench, tmp_path / "old", [0, 1, 2], "false")
     study = bench.small_study(10000, 3, old)
     dataset = study["datasets"]["fashion_mnist"]
     assert (dataset["train_subset"], dataset["recipe_overrides"]) == (10000, {"epochs": 3})
@@ -55,10 +50,12 @@ def test_each_side_runs_its_own_evidence_settings_at_the_asked_size(
 def test_the_tables_job_reads_this_checkouts_seeds_with_the_sides_settings(
     bench: ModuleType, tmp_path: Path
 ) -> None:
-    old = a_checkout(tmp_path / "old", [0, 1, 2], "false")
+    old = a_checkout(bench, tmp_path / "old", [0, 1, 2], "false")
     study = bench.tables_study(old)
-    current = yaml.safe_load((SCRIPT.parents[1] / "config" / "evidence.yaml").read_text())
-    assert study["seeds"] == current["seeds"] and study["validate_each_epoch"] == "false"
+    assert (
+        study["seeds"] == bench.evidence_config(bench.ROOT)["seeds"]
+        and study["validate_each_epoch"] == "false"
+    )
 
 
 def test_ratios_are_baseline_over_side_per_kind_and_in_total(bench: ModuleType) -> None:

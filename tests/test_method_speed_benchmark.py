@@ -3,31 +3,21 @@ restores itself, and (with a checkout in $L2W_DEN_DIR) the released loop trains 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "method_speed.py"
-
-
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("_method_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def test_reference_without_released_script_is_one_line_rc2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        load_benchmark().parse_args(["--reference-l2w", str(tmp_path)])
+        load_benchmark("method_speed").parse_args(["--reference-l2w", str(tmp_path)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "tools/main_cifar_DDP.py" in err and "LeapLabTHU/L2W-DEN" in err
@@ -36,12 +26,14 @@ def test_reference_without_released_script_is_one_line_rc2(
 def test_reference_adds_l2w_and_keeps_standard_first(tmp_path: Path) -> None:
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools" / "main_cifar_DDP.py").touch()
-    args = load_benchmark().parse_args(["--reference-l2w", str(tmp_path), "--methods", "boostnet"])
+    args = load_benchmark("method_speed").parse_args(
+        ["--reference-l2w", str(tmp_path), "--methods", "boostnet"]
+    )
     assert args.methods == ["standard", "boostnet", "l2w"]
 
 
 def test_cuda_as_identity_is_undone() -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("method_speed")
     x, layer = torch.zeros(2), nn.Linear(2, 2)
     saved = torch.Tensor.cuda, nn.Module.cuda
     with bench.cuda_as_identity():
@@ -53,7 +45,7 @@ def test_cuda_as_identity_is_undone() -> None:
     not os.environ.get("L2W_DEN_DIR"), reason="set L2W_DEN_DIR to an exported L2W-DEN"
 )
 def test_released_loop_trains_our_backbone(tmp_path: Path) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("method_speed")
     reference = ["--reference-l2w", os.environ["L2W_DEN_DIR"]]
     args = bench.parse_args(["--dataset", "synthetic", "--train-images", "128", *reference])
     run = bench.make_run("l2w", args, args.batch_size)

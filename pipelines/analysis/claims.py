@@ -568,10 +568,15 @@ def _at_shared_points(context: Context, pair: Pair) -> tuple[np.ndarray, list[st
             rows.append(100.0 * (first.correct[exits] * 1.0 - second.correct[exits]))
         else:
             rows.append(100.0 * (first.at(grid) - second.at(grid)))
-    values = np.stack(rows)
-    kept = ~np.isnan(values).any(axis=(0, 2))
     if labels == ["its operating point"]:  # its cost on each seed: their mean
         labels = [f"its operating point ({np.mean(grids):.4g} MFLOPs)"]
+    return _inside_both(np.stack(rows), labels)
+
+
+def _inside_both(values: np.ndarray, labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The points (axis 1 of seeds × Q × N differences, and their labels) that lie inside
+    both curves on every seed: a point outside a curve is NaN there."""
+    kept = ~np.isnan(values).any(axis=(0, 2))
     return values[:, kept], [label for label, keep in zip(labels, kept, strict=True) if keep]
 
 
@@ -590,12 +595,10 @@ def _at_own_points(context: Context, pair: Pair) -> tuple[np.ndarray, list[str]]
         mine, other = points[own], points[1 - own]
         difference = 100.0 * (mine.correct - other.at(mine.costs))
         rows.append(difference if own == 0 else -difference)
-    values = np.stack(rows)
-    kept = ~np.isnan(values).any(axis=(0, 2))
     costs = np.mean([points[own].costs for points in by_seed], axis=0)
     name = pair[own].name
     labels = [f"operating point {k + 1} of {name} ({c:.4g} MFLOPs)" for k, c in enumerate(costs)]
-    return values[:, kept], [label for label, keep in zip(labels, kept, strict=True) if keep]
+    return _inside_both(np.stack(rows), labels)
 
 
 def _difference_measure(context: Context, pairs: list[Pair], how: str) -> Measure | None:
