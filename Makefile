@@ -12,9 +12,9 @@ STUDY ?= default
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run verify test explore setup data browser clean-study
+.PHONY: run verify test explore setup data allocator browser clean-study
 
-run: setup data
+run: setup data allocator
 	$(BIN)/eebench check --study config/$(STUDY).yaml >/dev/null
 	$(BIN)/snakemake --profile profiles/default --configfile config/$(STUDY).yaml
 	$(BIN)/snakemake --profile profiles/default --configfile config/$(STUDY).yaml \
@@ -44,6 +44,16 @@ data: setup
 	    && (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist))) \
 	|| $(BIN)/eebench data fashion_mnist --root data --download
 	@$(BIN)/eebench data fashion_mnist --root data
+
+# tcmalloc for the workflow's jobs (pipelines/services/allocator.py: faster, same numbers):
+# Debian's libtcmalloc-minimal4 when apt-get is usable (as root) and EEBENCH_ALLOCATOR does
+# not choose; else the system's malloc.
+allocator: setup
+	@$(BIN)/python -c 'import os; from eebench.pipelines.services.allocator import fast_allocator as f; \
+	    exit(os.environ.get("EEBENCH_ALLOCATOR", "auto") == "auto" and f() is None)' \
+	|| (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	    && (apt-get install -y -q libtcmalloc-minimal4 || (apt-get update -q && apt-get install -y -q libtcmalloc-minimal4))) \
+	|| echo "no tcmalloc (apt-get install libtcmalloc-minimal4): the jobs use the system's malloc, a few % slower"
 
 explore: setup
 	$(BIN)/eebench explorer --study config/$(STUDY).yaml --open

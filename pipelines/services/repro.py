@@ -82,6 +82,10 @@ def configure_torch(device: str, threads: int | None = None) -> None:
         # inductor's, importing the compiler (~1.5 s of every job's start): a compiled
         # model sets that one itself (pipelines/training/engine.py).
         torch._C._set_deterministic_algorithms(True)
+        # That switch also fills every new tensor with NaN (a debugging aid for kernels that
+        # read memory they never wrote; 40 us per activation-sized torch.empty here). No
+        # kernel of the suite reads it: the weights and outputs are the same bits without.
+        torch.utils.deterministic.fill_uninitialized_memory = False
     elif threads:
         torch.set_num_threads(threads)
 

@@ -9,12 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from eebench.methods import TRAIN_METHODS
 from eebench.pipelines.cli import main
 from eebench.pipelines.evaluation.evaluate import evaluate_run
 from eebench.pipelines.services import repro
+from eebench.pipelines.training import checkpoint as ckpt
 from eebench.pipelines.training.train import train_run
 from tests.tiny_runs import tiny_run
 
@@ -136,3 +139,25 @@ def test_check_says_whether_the_mode_is_on_and_how_to_turn_it_off(
 def test_hashes_are_not_written_outside_the_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(repro.SWITCH, "0")
     assert main(["repro-check", "--write"]) == 2
+
+
+@pytest.mark.parametrize("method", TRAIN_METHODS.names())
+def test_no_kernel_reads_memory_it_never_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """The mode skips deterministic mode's NaN fill of new tensors (a speed-up): every train
+    method's weights and outputs must be the same bits with the fill as without it."""
+    assert not torch.utils.deterministic.fill_uninitialized_memory
+    hparams = TRAIN_METHODS.get(method).resolve_hparams("synthetic")
+    run = tiny_run(recipe={"epochs": 1}, method=method, hparams=hparams)
+    outputs = {}
+    for fill in (False, True):
+        monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", fill)
+        run_dir = tmp_path / f"fill_{fill}"
+        train_run(run, run_dir, tmp_path / "splits")
+        evaluate_run(run, run_dir, tmp_path / "splits", with_features=False)
+        outputs[fill] = dict(np.load(run_dir / "outputs.npz"))
+        outputs[fill].update(ckpt.load_torch(run_dir / "model.pt", ("method",))["method"])
+    assert outputs[False].keys() == outputs[True].keys()
+    for key, value in outputs[False].items():
+        assert np.array_equal(np.asarray(value), np.asarray(outputs[True][key])), key
