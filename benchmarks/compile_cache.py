@@ -26,8 +26,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from job_speed import evidence_config, run_job
+from job_speed import run_job, small_study
 
+from eebench.pipelines.services.io import write_csv
 from eebench.pipelines.training.checkpoint import load_torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +37,11 @@ SIDES = ("eager", "cold", "warm")
 
 
 def study(backbone: str, train_subset: int, epochs: int, compiled: bool) -> dict[str, object]:
-    """The evidence study's settings, seed 0 of `standard` on `backbone`, eager or compiled."""
-    config = evidence_config(ROOT)
-    dataset = config["datasets"]["fashion_mnist"]
-    dataset["train_subset"] = train_subset
-    dataset["recipe_overrides"] = {"epochs": epochs, "compile": compiled}
-    config.update(study="compile_cache", seeds=[0])
-    config["runs"] = [{"method": "standard", "backbones": [backbone]}]
+    """job_speed's small copy of the evidence study, with `standard` on `backbone` only,
+    eager or compiled."""
+    config = small_study(train_subset, epochs)
+    config["datasets"]["fashion_mnist"]["recipe_overrides"]["compile"] = compiled
+    config.update(study="compile_cache", runs=[{"method": "standard", "backbones": [backbone]}])
     return config
 
 
@@ -93,8 +92,7 @@ def main() -> None:
         for backbone in args.backbones:
             rows += measure_backbone(backbone, (args.train_subset, args.epochs), Path(folder))
     table = pd.DataFrame(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    write_csv(args.out, table)
     print(table.to_string(index=False))
     print(f"wrote {args.out}")
 

@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from eebench.pipelines.services.io import write_csv
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "job_speed.csv"
 #: The jobs of one round, in workflow order: (command, run path).
@@ -249,8 +251,7 @@ def main() -> None:
     )
     table = summarise(times)
     table["outputs"] = identity
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    write_csv(args.out, table)
     print(table.to_string(index=False))
     print(f"outputs.npz of every side: {identity}")
     print(f"wrote {args.out}")

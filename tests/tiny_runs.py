@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from eebench.pipelines.services.io import write_yaml
 from eebench.pipelines.training import checkpoint as ckpt
 from eebench.pipelines.training.train import train_run
@@ -50,6 +52,11 @@ def tiny_run(recipe: dict[str, Any] | None = None, **overrides: Any) -> dict[str
     }
     run.update(overrides)
     return run
+
+
+def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The weights a finished run saved (model.pt's `method` state)."""
+    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
 
 
 def train_subprocess(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:

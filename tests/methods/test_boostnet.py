@@ -28,7 +28,13 @@ from eebench.pipelines.evaluation.outputs import read_outputs
 from eebench.pipelines.training import checkpoint as ckpt
 from eebench.pipelines.training.train import train_run
 from eebench.pipelines.workflow.runs import build_method, make_loaders
-from tests.tiny_runs import SYNTHETIC, reference_and_killed, tiny_run, train_subprocess
+from tests.tiny_runs import (
+    SYNTHETIC,
+    reference_and_killed,
+    tiny_run,
+    train_subprocess,
+    trained_weights,
+)
 
 MakeMethod = Callable[..., tuple[Any, Any]]
 Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -232,10 +238,6 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     train_run(run, run_dir, run_dir.parent / "splits")
     evaluate_run(run, run_dir, run_dir.parent / "splits")
     return run, run_dir
-
-
-def trained_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
 
 
 def hand_ensembles(run: dict[str, Any], run_dir: Path) -> dict[str, np.ndarray]:

@@ -43,6 +43,7 @@ from eebench.pipelines.training.train import train_run
 from eebench.pipelines.workflow.config import RunSpec, check_study, resolve_run, upstream_runs
 from tests.methods.conftest import FakeEngine, TinyConvExits, exit_scores, make_batch
 from tests.tiny_runs import reference_and_killed, tiny_run, train_subprocess
+from tests.tiny_runs import trained_weights as weights
 
 COSTS = torch.tensor([0.25, 0.5, 1.0])  # ĉ of three exits, exact in binary
 
@@ -357,10 +358,6 @@ def root(
 
 def run_dir(root: Path, method: str) -> Path:
     return root / "runs/synthetic/msdnet_fmnist" / method / "seed0"
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_torch(run / "model.pt", ("method",))["method"]
 
 
 def test_body_final_head_and_bn_buffers_are_standards_bit_for_bit(root: Path) -> None:

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from eebench.methods.joint_bilevel import JointBilevel
-from eebench.pipelines.training import checkpoint as ckpt
 from eebench.pipelines.training.train import Trainer, train_run
 from tests.tiny_runs import tiny_run
+from tests.tiny_runs import trained_weights as weights
 
 #: 4 classes on 28×28 images: msdnet_fmnist trains one epoch of 4 batches in about a second.
 TRAIN_SUBSET, BATCH = 64, 16
@@ -50,10 +50,6 @@ def make_run(method: str = "standard", **overrides: Any) -> dict[str, Any]:
         validate_each_epoch=False,
         **overrides,
     )
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -38,6 +38,7 @@ from eebench.pipelines.training.train import Trainer, train_run
 from eebench.pipelines.training.virtual_step import virtual_step
 from tests.pipelines.training.test_virtual_step import OPTIMIZERS
 from tests.tiny_runs import reference_and_killed, tiny_run, train_subprocess
+from tests.tiny_runs import trained_weights as weights
 
 MakeMethod = Callable[..., tuple[Any, Any]]
 Batch = Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -340,10 +341,6 @@ def make_run(**overrides: Any) -> dict[str, Any]:
         validate_each_epoch=False,
         **settings,
     )
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_run(tmp_path: Path) -> None:

@@ -17,9 +17,8 @@ from eebench.methods import TRAIN_METHODS
 from eebench.pipelines.cli import main
 from eebench.pipelines.evaluation.evaluate import evaluate_run
 from eebench.pipelines.services import repro
-from eebench.pipelines.training import checkpoint as ckpt
 from eebench.pipelines.training.train import train_run
-from tests.tiny_runs import tiny_run
+from tests.tiny_runs import tiny_run, trained_weights
 
 #: Lower caps than this host's (AVX-512), and 2 threads, requested from outside.
 LOWER_CAPS = {
@@ -157,7 +156,7 @@ def test_no_kernel_reads_memory_it_never_wrote(
         train_run(run, run_dir, tmp_path / "splits")
         evaluate_run(run, run_dir, tmp_path / "splits", with_features=False)
         outputs[fill] = dict(np.load(run_dir / "outputs.npz"))
-        outputs[fill].update(ckpt.load_torch(run_dir / "model.pt", ("method",))["method"])
+        outputs[fill].update(trained_weights(run_dir))
     assert outputs[False].keys() == outputs[True].keys()
     for key, value in outputs[False].items():
         assert np.array_equal(np.asarray(value), np.asarray(outputs[True][key])), key

@@ -34,6 +34,7 @@ from eebench.pipelines.training import checkpoint as ckpt
 from eebench.pipelines.training.train import Trainer, train_run
 from eebench.pipelines.workflow.fingerprint import RunConfigChangedError
 from tests.tiny_runs import SYNTHETIC, tiny_run
+from tests.tiny_runs import trained_weights as weights
 
 RANKS = 2
 
@@ -118,10 +119,6 @@ def cli_train(config: Path, run_dir: Path) -> subprocess.Popen[bytes]:
     """`eebench train --config` on 2 ranks."""
     args = ["-m", "eebench.pipelines.cli", "train", "--config", config]
     return torchrun(*args, "--run-dir", run_dir, "--split-dir", run_dir.parent / "splits")
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
 
 
 def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -23,10 +23,7 @@ from eebench.pipelines.workflow.runs import build_method, make_loaders, run_reci
 from eebench.recipes import RECIPES
 from tests.tiny_runs import reference_and_killed, train_subprocess
 from tests.tiny_runs import tiny_run as make_run
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return ckpt.load_torch(run_dir / "model.pt", ("method",))["method"]
+from tests.tiny_runs import trained_weights as weights
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
